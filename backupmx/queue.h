@@ -112,4 +112,30 @@ struct queue_stats {
 };
 void queue_get_stats(const struct queue *q, struct queue_stats *st);
 
+/* ---- the recipient verification cache (queue_cache.c) -------------------
+ * verify.db in the same environment: KEY (a string, stored as given, so
+ * callers lower-case addresses) -> an entry. Writes commit with
+ * DB_TXN_NOSYNC: a cache needs no durability, the next group flush or
+ * checkpoint takes them to disk. A read-only queue has no cache: every call
+ * fails with EROFS. */
+struct queue_cache_entry {
+    int value;                   /* the caller's verdict (verify: 1 yes, 0 no) */
+    int64_t stored;              /* unix time it was learned */
+    int64_t expires;             /* unix time it stops counting */
+};
+
+/* 0 with *E filled (expired entries too: compare E->expires yourself), 1
+ * when KEY has no entry (or a corrupt one, logged), -1 on error. */
+int queue_cache_get(struct queue *q, const char *key,
+                    struct queue_cache_entry *e);
+/* Creates or replaces KEY's entry. 0, or -1 on error (logged). */
+int queue_cache_put(struct queue *q, const char *key,
+                    const struct queue_cache_entry *e);
+/* Removes the entries that expired at or before NOW, looking at no more than
+ * MAX entries, from the key in *RESUME on (malloc'd; NULL = from the start).
+ * *RESUME is left at the next key to look at, NULL once the end was reached.
+ * Returns the number removed, or -1 on error. */
+long queue_cache_purge(struct queue *q, int64_t now, size_t max,
+                       char **resume);
+
 #endif

@@ -4,7 +4,8 @@
  *
  * Layout of SPOOL (created 0700 when missing):
  *   SPOOL/db/    the environment home: messages.db, recipients.db,
- *                schedule.db, log.*, __db.* regions, and "lock"
+ *                schedule.db, verify.db (queue_cache.c), log.*, __db.*
+ *                regions, and "lock"
  *   SPOOL/body/  bodies above inline_max, one file per queue id
  *
  * One process owns the environment and opens it with DB_RECOVER; an
@@ -277,6 +278,9 @@ static int dbs_open(struct queue *q)
                                   q->readonly ? 0 : DB_CREATE);
     if (ret != 0)
         return -queue_db_error("schedule index", NULL, ret);
+    /* The recipient verification cache: the daemon's only. */
+    if (!q->readonly && db_open_one(q, &q->cache, "verify.db", 0) < 0)
+        return -1;
     return 0;
 }
 
@@ -423,6 +427,7 @@ static int env_close(struct queue *q)
         if (ret != 0)
             bad += queue_db_error("final checkpoint", NULL, ret) != 0;
     }
+    bad += db_close(&q->cache);
     bad += db_close(&q->sched);  /* the secondary before its primary */
     bad += db_close(&q->rcpts);
     bad += db_close(&q->msgs);

@@ -125,6 +125,7 @@ struct queue {
     DB *msgs;                    /* messages: id -> envelope (+ body) */
     DB *rcpts;                   /* recipients: id + u16 index -> state */
     DB *sched;                   /* schedule: next_attempt -> rcpts key */
+    DB *cache;                   /* verify.db (queue_cache.c); NULL readonly */
     int lockfd;                  /* SPOOL/db/lock, flock'd while open */
     int bodyfd;                  /* SPOOL/body */
     struct qid_gen ids;
