@@ -6,7 +6,7 @@ set -eu
 
 BUILD="build-essential pkg-config libevent-dev libssl-dev libdb5.3-dev
        libconfuse-dev libc-ares-dev"
-TEST="libcmocka-dev clang libclang-rt-14-dev swaks postfix python3 openssl
+TEST="libcmocka-dev clang libclang-rt-14-dev swaks libnet-ssleay-perl libio-socket-ssl-perl postfix python3 openssl
       dnsmasq-base procps iproute2"
 
 want="$BUILD"
