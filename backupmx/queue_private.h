@@ -134,6 +134,7 @@ struct queue {
     struct event *ckp_ev;        /* periodic checkpoint */
     struct queue_parked *park;   /* stores committed since the last flush */
     size_t npark, parkcap;
+    struct qflusher *flusher;    /* the flush thread (queue_flush.c) */
     struct queue_stats st;
 };
 
@@ -144,5 +145,9 @@ int queue_db_error(const char *what, const char *id, int ret);
  * callbacks dropped) on queue_close. */
 int queue_commit_attach(struct queue *q);
 void queue_commit_detach(struct queue *q);
+/* Makes room to park one more callback (before the commit, so that
+ * parking after it cannot fail), then parks it. */
+int queue_park_reserve(struct queue *q);
+void queue_park(struct queue *q, queue_stored_cb cb, void *arg);
 
 #endif

@@ -9,20 +9,14 @@
  * load the batch grows by itself: one disk sync per loop pass, not per
  * message.
  *
- * The flush runs in the loop thread. Measured (20 000 stores of 4 KB, 20
- * sessions): 10-17k commits/s with 1 000 flushes taking 40-55% of the
- * time; one session: 2.4-3.3k/s. A worker thread could overlap the flush
- * with the next pass's stores (at best ~1.6x here) and keep the loop
- * responsive on a slow disk, at the price of DB_THREAD, locking and a
- * wakeup pipe. The queue is already far faster than SMTP will feed it, so
- * not yet; stats.flush_usec shows when it becomes worth it. */
+ * The group commit itself (the parking and the flush) is queue_flush.c.
+ */
 #include "queue_private.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
-#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -30,90 +24,6 @@
 #include "log.h"
 
 #define QUEUE_MAX_RCPT 65535     /* the key holds a 16-bit index */
-
-/* ---- group commit -------------------------------------------------------- */
-
-static uint64_t now_usec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static void flush_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct queue *q = arg;
-    /* Take the batch first: a callback may store again, and that store
-     * belongs to the next flush. */
-    struct queue_parked *batch = q->park;
-    size_t n = q->npark, cap = q->parkcap;
-    q->park = NULL;
-    q->npark = q->parkcap = 0;
-
-    uint64_t t0 = now_usec();
-    int ret = q->env->log_flush(q->env, NULL);
-    q->st.flush_usec += now_usec() - t0;
-    q->st.flushes++;
-    if (n > q->st.max_batch)
-        q->st.max_batch = n;
-    if (ret != 0)
-        log_err("queue: log flush for %zu messages failed: %s", n,
-                db_strerror(ret));
-    /* After a failed flush some of these may still be on disk: the client
-     * then retries and we deliver twice, never lose. */
-    int err = ret == 0 ? 0 : ret == ENOSPC || ret == EDQUOT ? ENOSPC : EIO;
-    for (size_t i = 0; i < n; i++)
-        batch[i].cb(batch[i].arg, err);
-
-    if (!q->park) {              /* keep the array for the next batch */
-        q->park = batch;
-        q->parkcap = cap;
-    } else {
-        free(batch);
-    }
-}
-
-int queue_commit_attach(struct queue *q)
-{
-    q->flush_ev = event_new(q->base, -1, 0, flush_cb, q);
-    return q->flush_ev ? 0 : -1;
-}
-
-void queue_commit_detach(struct queue *q)
-{
-    if (q->flush_ev)
-        event_free(q->flush_ev);
-    q->flush_ev = NULL;
-    free(q->park);
-    q->park = NULL;
-    q->npark = q->parkcap = 0;
-}
-
-/* Room for one more callback, made before the commit so that parking the
- * callback afterwards cannot fail. */
-static int park_reserve(struct queue *q)
-{
-    if (q->npark < q->parkcap)
-        return 0;
-    size_t cap = q->parkcap ? q->parkcap * 2 : 64;
-    struct queue_parked *p = realloc(q->park, cap * sizeof *p);
-    if (!p)
-        return -1;
-    q->park = p;
-    q->parkcap = cap;
-    return 0;
-}
-
-static void park(struct queue *q, queue_stored_cb cb, void *arg)
-{
-    if (q->npark == 0)
-        event_active(q->flush_ev, EV_TIMEOUT, 0);
-    q->park[q->npark].cb = cb;
-    q->park[q->npark].arg = arg;
-    q->npark++;
-}
 
 /* ---- the transaction ------------------------------------------------------ */
 
@@ -235,7 +145,7 @@ int queue_store(struct queue *q, const struct queue_envelope *env,
         errno = ENOSPC;
         return -1;
     }
-    if (park_reserve(q) < 0)
+    if (queue_park_reserve(q) < 0)
         return -1;
     bool in_file = evbuffer_get_length(body) > q->inline_max;
     bool file_made = false;
@@ -253,7 +163,7 @@ int queue_store(struct queue *q, const struct queue_envelope *env,
         goto fail;
     free(rec);
     q->st.commits++;
-    park(q, cb, arg);
+    queue_park(q, cb, arg);
     return 0;
 fail:
     if (err == 0)

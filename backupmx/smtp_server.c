@@ -3,6 +3,9 @@
 #include "smtp_server.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +108,26 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
     log_warn("accept: %s", strerror(errno));
 }
 
+/* "[::]:25" must not also take the IPv4 port: "0.0.0.0:25" is listed
+ * separately, so IPv6 sockets are v6-only. */
+static evutil_socket_t listen_socket(const struct sockaddr *sa, socklen_t len)
+{
+    evutil_socket_t fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int on = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0
+        || (sa->sa_family == AF_INET6
+            && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) != 0)
+        || bind(fd, sa, len) != 0) {
+        int e = errno;
+        evutil_closesocket(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 static int bind_one(struct smtp_server *srv, const char *addr)
 {
     struct sockaddr_storage ss;
@@ -113,12 +136,13 @@ static int bind_one(struct smtp_server *srv, const char *addr)
         log_err("listen %s: not an address:port", addr);
         return -1;
     }
-    struct evconnlistener *l = evconnlistener_new_bind(
-        srv->base, accept_cb, srv,
-        LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-        LISTEN_BACKLOG, (struct sockaddr *)&ss, len);
+    evutil_socket_t fd = listen_socket((struct sockaddr *)&ss, (socklen_t)len);
+    struct evconnlistener *l = fd < 0 ? NULL : evconnlistener_new(
+        srv->base, accept_cb, srv, LEV_OPT_CLOSE_ON_FREE, LISTEN_BACKLOG, fd);
     if (l == NULL) {
         log_err("cannot listen on %s: %s", addr, strerror(errno));
+        if (fd >= 0)
+            evutil_closesocket(fd);
         return -1;
     }
     evconnlistener_set_error_cb(l, accept_error_cb);

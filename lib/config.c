@@ -32,7 +32,6 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
-#include <openssl/x509.h>
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -142,13 +141,25 @@ static cfg_opt_t top_opts[] = {
  * memory leaves nothing sensible to do but stop.
  */
 
+static _Noreturn void out_of_memory(void)
+{
+    fputs("backupmx: out of memory while loading the configuration\n", stderr);
+    abort();
+}
+
 static void *xrealloc(void *p, size_t n)
 {
     p = realloc(p, n ? n : 1);
-    if (p == NULL) {
-        fputs("backupmx: out of memory while loading the configuration\n", stderr);
-        abort();
-    }
+    if (p == NULL)
+        out_of_memory();
+    return p;
+}
+
+static void *xcalloc(size_t n, size_t sz)
+{
+    void *p = calloc(n ? n : 1, sz);
+    if (p == NULL)
+        out_of_memory();
     return p;
 }
 
@@ -173,10 +184,8 @@ static char *xasprintf(const char *fmt, ...)
     char *s = NULL;
     int n = vasprintf(&s, fmt, ap);
     va_end(ap);
-    if (n < 0) {
-        fputs("backupmx: out of memory while loading the configuration\n", stderr);
-        abort();
-    }
+    if (n < 0)
+        out_of_memory();
     return s;
 }
 
@@ -524,7 +533,7 @@ static size_t lex_one(struct loader *L, size_t i, int *line)
         (*line)++;
         return i + 1;
     }
-    if (c == ' ' || c == '\t' || c == '\r')
+    if (c == ' ' || c == '\t' || c == '\r' || c == '\0')    /* NUL: see check_nul() */
         return i + 1;
     /* libconfuse 3.3 treats '//' at the start of a token as a comment,
      * inside one (a//b) as part of it. */
@@ -1380,10 +1389,11 @@ static void load_top(struct sec *s, struct bmx_config *c)
     c->control = get_str(s, "control", NULL);
     if (c->control == NULL)
         c->control = path_join(c->spool, "control");
-    struct sockaddr_un sun;
-    if (strlen(c->control) >= sizeof sun.sun_path)
+    struct sockaddr_un addr;
+    if (strlen(c->control) >= sizeof addr.sun_path)
         opt_error(s, "control", opt_line(s, "control"),
-                  "path is too long for a UNIX socket (at most %zu bytes)", sizeof sun.sun_path - 1);
+                  "path is too long for a UNIX socket (at most %zu bytes)",
+                  sizeof addr.sun_path - 1);
 }
 
 /* Stops PEM loading from prompting on the terminal for an encrypted key. */
@@ -1412,47 +1422,77 @@ static bool key_was_encrypted(void)
     return false;
 }
 
-static void check_tls_files(const struct sec *s, SSL_CTX *ctx, const char *cert, const char *key)
+static bool tls_cert_usable(const struct sec *s, SSL_CTX *ctx, const char *cert)
 {
-    const char *why;
-    bool ok = true;
-    if ((why = check_readable(cert)) != NULL) {
-        opt_error(s, "cert", opt_line(s, "cert"), "cannot read '%s': %s", cert, why);
-        ok = false;
-    }
-    if ((why = check_readable(key)) != NULL) {
-        opt_error(s, "key", opt_line(s, "key"), "cannot read '%s': %s", key, why);
-        ok = false;
-    }
-    if (!ok)
-        return;
     ERR_clear_error();
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
-        opt_error(s, "cert", opt_line(s, "cert"),
-                  "'%s' holds no usable PEM certificate (OpenSSL: %s)", cert, ssl_reason());
-        ok = false;
-    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) == 1)
+        return true;
+    opt_error(s, "cert", opt_line(s, "cert"),
+              "'%s' holds no usable PEM certificate (OpenSSL: %s)", cert, ssl_reason());
+    ERR_clear_error();
+    return false;
+}
+
+/* Read separately from the SSL_CTX so that "not a key" and "not this
+ * certificate's key" get different messages. */
+static EVP_PKEY *tls_read_key(const struct sec *s, const char *key)
+{
     ERR_clear_error();
     FILE *fp = fopen(key, "r");
     EVP_PKEY *pkey = fp ? PEM_read_PrivateKey(fp, NULL, no_passphrase, NULL) : NULL;
     if (fp != NULL)
         fclose(fp);
-    if (pkey == NULL) {
-        const char *why = ssl_reason();
-        if (key_was_encrypted())
-            opt_error(s, "key", opt_line(s, "key"),
-                      "'%s' is encrypted; the daemon needs an unencrypted key", key);
-        else
-            opt_error(s, "key", opt_line(s, "key"),
-                      "'%s' holds no usable PEM private key (OpenSSL: %s)", key, why);
-        ok = false;
-    }
+    if (pkey != NULL)
+        return pkey;
+    const char *why = ssl_reason();
+    if (key_was_encrypted())
+        opt_error(s, "key", opt_line(s, "key"),
+                  "'%s' is encrypted; the daemon needs an unencrypted key", key);
+    else
+        opt_error(s, "key", opt_line(s, "key"),
+                  "'%s' holds no usable PEM private key (OpenSSL: %s)", key, why);
     ERR_clear_error();
-    if (ok && (SSL_CTX_use_PrivateKey(ctx, pkey) != 1 || SSL_CTX_check_private_key(ctx) != 1))
+    return NULL;
+}
+
+static void check_tls_files(const struct sec *s, SSL_CTX *ctx, const char *cert, const char *key)
+{
+    const char *cert_why = check_readable(cert), *key_why = check_readable(key);
+    if (cert_why != NULL)
+        opt_error(s, "cert", opt_line(s, "cert"), "cannot read '%s': %s", cert, cert_why);
+    if (key_why != NULL)
+        opt_error(s, "key", opt_line(s, "key"), "cannot read '%s': %s", key, key_why);
+    if (cert_why != NULL || key_why != NULL)
+        return;
+    bool cert_ok = tls_cert_usable(s, ctx, cert);
+    EVP_PKEY *pkey = tls_read_key(s, key);
+    if (cert_ok && pkey != NULL
+        && (SSL_CTX_use_PrivateKey(ctx, pkey) != 1 || SSL_CTX_check_private_key(ctx) != 1))
         opt_error(s, "key", opt_line(s, "key"), "'%s' does not match the certificate in '%s'",
                   key, cert);
     EVP_PKEY_free(pkey);
     ERR_clear_error();
+}
+
+/* A throwaway context making the calls the daemon will make, so that what
+ * passes here also loads there. */
+static void check_tls_openssl(const struct sec *s, const struct bmx_config *c)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        report(s->L, sec_line(s), "tls: cannot create an OpenSSL context (%s)", ssl_reason());
+        ERR_clear_error();
+        return;
+    }
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+    if (c->tls.enabled)
+        check_tls_files(s, ctx, c->tls.cert, c->tls.key);
+    ERR_clear_error();
+    if (c->tls.ciphers != NULL && SSL_CTX_set_cipher_list(ctx, c->tls.ciphers) != 1)
+        opt_error(s, "ciphers", opt_line(s, "ciphers"), "OpenSSL accepts no cipher in '%s'",
+                  c->tls.ciphers);
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
 }
 
 static void load_tls(struct loader *L, cfg_t *root, struct bmx_config *c)
@@ -1466,26 +1506,10 @@ static void load_tls(struct loader *L, cfg_t *root, struct bmx_config *c)
         report(L, sec_line(&s), "tls: 'cert' is set but 'key' is missing");
     if (c->tls.key != NULL && c->tls.cert == NULL)
         report(L, sec_line(&s), "tls: 'key' is set but 'cert' is missing");
-    if (c->tls.ciphers != NULL && !c->tls.enabled && c->tls.cert == NULL && c->tls.key == NULL)
+    if (c->tls.ciphers != NULL && c->tls.cert == NULL && c->tls.key == NULL)
         report(L, opt_line(&s, "ciphers"), "tls: 'ciphers' needs 'cert' and 'key'");
-    if (c->tls.enabled || c->tls.ciphers != NULL) {
-        /* A throwaway context: the same calls the daemon will make, so that
-         * what passes here also loads there. */
-        SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-        if (ctx == NULL) {
-            report(L, sec_line(&s), "tls: cannot create an OpenSSL context (%s)", ssl_reason());
-        } else {
-            SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
-            if (c->tls.enabled)
-                check_tls_files(&s, ctx, c->tls.cert, c->tls.key);
-            ERR_clear_error();
-            if (c->tls.ciphers != NULL && SSL_CTX_set_cipher_list(ctx, c->tls.ciphers) != 1)
-                opt_error(&s, "ciphers", opt_line(&s, "ciphers"),
-                          "OpenSSL accepts no cipher in '%s'", c->tls.ciphers);
-            ERR_clear_error();
-            SSL_CTX_free(ctx);
-        }
-    }
+    if (c->tls.enabled || c->tls.ciphers != NULL)
+        check_tls_openssl(&s, c);
     sec_close(&s);
 }
 
@@ -1708,8 +1732,7 @@ static int section_entry(const struct loader *L, cfg_t *sec, const char *name, s
 static void load_domains(struct loader *L, cfg_t *root, struct bmx_config *c)
 {
     size_t n = cfg_size(root, "domain");
-    c->domains = xrealloc(NULL, n * sizeof *c->domains);
-    memset(c->domains, 0, n * sizeof *c->domains);
+    c->domains = xcalloc(n, sizeof *c->domains);
     c->ndomains = n;
     for (size_t i = 0; i < n; i++) {
         cfg_t *sec = cfg_getnsec(root, "domain", (unsigned)i);
@@ -1722,8 +1745,7 @@ static void load_domains(struct loader *L, cfg_t *root, struct bmx_config *c)
 static void load_mailboxes(struct loader *L, cfg_t *root, struct bmx_config *c)
 {
     size_t n = cfg_size(root, "mailbox");
-    c->mailboxes = xrealloc(NULL, n * sizeof *c->mailboxes);
-    memset(c->mailboxes, 0, n * sizeof *c->mailboxes);
+    c->mailboxes = xcalloc(n, sizeof *c->mailboxes);
     c->nmailboxes = n;
     for (size_t i = 0; i < n; i++) {
         cfg_t *sec = cfg_getnsec(root, "mailbox", (unsigned)i);
@@ -1754,26 +1776,49 @@ static void check_listener(struct loader *L, const struct bmx_config *c, const c
     }
 }
 
+/* Without a password nobody can log in to collect the mail. */
+static void check_passwords(struct loader *L, const struct bmx_config *c)
+{
+    if (!c->pop3.enabled && !c->imap.enabled)
+        return;
+    for (size_t i = 0; i < c->nmailboxes; i++)
+        if (c->mailboxes[i].password == NULL)
+            report(L, c->mailboxes[i].line,
+                   "mailbox \"%s\": no 'password', so it cannot log in over POP3 or IMAP",
+                   c->mailboxes[i].name);
+}
+
+/* Reports the J-th address of SECTION's listen list if it already occurs
+ * among the N addresses in SEEN. */
+static void check_clash(struct loader *L, const char *section, const struct strlist *l,
+                        size_t j, const char **seen, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(seen[i], l->v[j]) != 0)
+            continue;
+        int sec = section ? ent_find(L, ENT_TOP, section) : ENT_TOP;
+        int e = ent_find(L, sec, "listen");
+        int line = e >= 0 && j < L->ent[e].nitems ? L->ent[e].item_line[j] : 0;
+        report(L, line, "%s%slisten: '%s' is used twice", section ? section : "",
+               section ? ": " : "", l->v[j]);
+        return;
+    }
+}
+
 /* Two listeners on one address would fail at bind time; say so now. */
 static void check_listen_clash(struct loader *L, const struct bmx_config *c)
 {
     const struct strlist *lists[] = { &c->listen, &c->pop3.listen, &c->imap.listen };
-    const char *names[] = { NULL, "pop3", "imap" };
-    for (size_t a = 0; a < 3; a++) {
-        for (size_t i = 0; i < lists[a]->n; i++) {
-            for (size_t b = a; b < 3; b++) {
-                for (size_t j = (a == b ? i + 1 : 0); j < lists[b]->n; j++) {
-                    if (strcmp(lists[a]->v[i], lists[b]->v[j]) != 0)
-                        continue;
-                    int sec = names[b] ? ent_find(L, ENT_TOP, names[b]) : ENT_TOP;
-                    int e = ent_find(L, sec, "listen");
-                    int line = e >= 0 && j < L->ent[e].nitems ? L->ent[e].item_line[j] : 0;
-                    report(L, line, "%s%slisten: '%s' is used twice",
-                           names[b] ? names[b] : "", names[b] ? ": " : "", lists[b]->v[j]);
-                }
-            }
+    const char *sections[] = { NULL, "pop3", "imap" };
+    size_t total = c->listen.n + c->pop3.listen.n + c->imap.listen.n, n = 0;
+    const char **seen = xcalloc(total, sizeof *seen);
+    for (size_t k = 0; k < 3; k++) {
+        for (size_t j = 0; j < lists[k]->n; j++) {
+            check_clash(L, sections[k], lists[k], j, seen, n);
+            seen[n++] = lists[k]->v[j];
         }
     }
+    free(seen);
 }
 
 /* ------------------------------------------------------------------------
@@ -1782,8 +1827,7 @@ static void check_listen_clash(struct loader *L, const struct bmx_config *c)
 
 static struct bmx_config *convert(struct loader *L, cfg_t *root)
 {
-    struct bmx_config *c = xrealloc(NULL, sizeof *c);
-    memset(c, 0, sizeof *c);
+    struct bmx_config *c = xcalloc(1, sizeof *c);
     c->file = xstrdup(L->file);
     struct sec top = sec_open(L, root, ENT_TOP);
     load_top(&top, c);
@@ -1798,6 +1842,7 @@ static struct bmx_config *convert(struct loader *L, cfg_t *root)
     load_etrn(L, root, c);
     check_listener(L, c, "pop3", &c->pop3);
     check_listener(L, c, "imap", &c->imap);
+    check_passwords(L, c);
     check_listen_clash(L, c);
     return c;
 }

@@ -11,7 +11,8 @@
 #
 # Files may name test fixtures as @TMP@/...: the runner creates a temporary
 # directory holding a certificate and its key (cert.pem, key.pem), a second
-# key that does not match (other-key.pem) and a recipient list (rcpt.txt),
+# key that does not match (other-key.pem), a passphrase-protected key
+# (encrypted-key.pem) and a recipient list (rcpt.txt),
 # substitutes its path and runs the copy.
 set -u
 
@@ -30,8 +31,10 @@ mkdir -p "$TMP/good" "$TMP/bad"
 make_fixtures() {
     openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=mx2.example.test \
         -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >/dev/null 2>&1 &&
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 \
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
         -out "$TMP/other-key.pem" >/dev/null 2>&1 &&
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
+        -aes256 -pass pass:secret -out "$TMP/encrypted-key.pem" >/dev/null 2>&1 &&
     printf 'postmaster@example.test\nalice@example.test\n' >"$TMP/rcpt.txt"
 }
 if ! make_fixtures; then

@@ -687,7 +687,10 @@ static void crash_batch_cb(evutil_socket_t fd, short what, void *arg)
             _exit(4);
         evbuffer_free(b);
     }
-    event_active(w->ev, EV_READ, 0);
+    /* A zero timer, not event_active: the loop must poll between batches
+     * or the flusher's wakeup would never be read. */
+    static const struct timeval zero = { 0, 0 };
+    event_add(w->ev, &zero);
 }
 
 static void crash_child(struct fix *f, int fd)
@@ -699,8 +702,8 @@ static void crash_child(struct fix *f, int fd)
     if (!base || !q || queue_attach(q, base) < 0)
         _exit(2);
     struct crash_writer w = { q, NULL, 0 };
-    w.ev = event_new(base, -1, 0, crash_batch_cb, &w);
-    event_active(w.ev, EV_READ, 0);
+    w.ev = evtimer_new(base, crash_batch_cb, &w);
+    event_active(w.ev, EV_TIMEOUT, 0);
     event_base_dispatch(base);
     _exit(5);
 }
