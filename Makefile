@@ -31,7 +31,7 @@ LDFLAGS  += $(SANFLAGS)
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldb-5.3 -lcrypt -lpthread
 
 LIB_SRC  := $(wildcard lib/*.c)
-BMX_SRC  := $(filter-out backupmx/main.c,$(wildcard backupmx/*.c))
+BMX_SRC  := $(filter-out backupmx/main.c backupmx/bmxq.c,$(wildcard backupmx/*.c))
 CA_SRC   := $(wildcard catchall/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 HELPER_SRC := $(wildcard tests/helpers/*.c)
@@ -42,13 +42,19 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HELPERS  := $(HELPER_SRC:tests/helpers/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps test-deps run check check-suites clean
-all: $(BIN)/backupmx $(UNIT_BIN) $(HELPERS)
+PROGS    := $(BIN)/backupmx $(if $(wildcard backupmx/bmxq.c),$(BIN)/bmxq)
+
+all: $(PROGS) $(UNIT_BIN) $(HELPERS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
 
 $(BIN)/backupmx: $(BUILD)/backupmx/main.o $(BMX_OBJ) $(LIB_OBJ)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/bmxq: $(BUILD)/backupmx/bmxq.o $(BMX_OBJ) $(LIB_OBJ)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

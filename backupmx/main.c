@@ -22,6 +22,8 @@
 #include "smtp_server.h"
 #include "tls.h"
 #include "verify.h"
+#include "dns.h"
+#include "scheduler.h"
 
 #define DEFAULT_CONFIG "/etc/backupmx/backupmx.conf"
 #define FALLBACK_USER "nobody"
@@ -135,6 +137,7 @@ static int run(const struct opts *o, struct bmx_config *cfg)
     int rc = 1;
     struct smtp_server srv = { .cfg = cfg };
     struct event *sigterm = NULL, *sigint = NULL;
+    struct dns *dns = NULL;
     srv.base = event_base_new();
     if (srv.base == NULL)
         return 1;
@@ -158,9 +161,11 @@ static int run(const struct opts *o, struct bmx_config *cfg)
         goto out;
     srv.policy = policy_new(cfg);
     srv.verify = verify_new(srv.base, cfg, srv.queue);
+    dns = dns_new(srv.base, cfg);
+    srv.sched = dns ? scheduler_new(srv.base, cfg, srv.queue, dns) : NULL;
     sigterm = evsignal_new(srv.base, SIGTERM, stop_cb, srv.base);
     sigint = evsignal_new(srv.base, SIGINT, stop_cb, srv.base);
-    if (srv.policy == NULL || srv.verify == NULL || sigterm == NULL || sigint == NULL
+    if (srv.policy == NULL || srv.verify == NULL || srv.sched == NULL || sigterm == NULL || sigint == NULL
         || evsignal_add(sigterm, NULL) != 0 || evsignal_add(sigint, NULL) != 0)
         goto out;
     log_info("daemon started -- version %s, configuration %s", BMX_VERSION, cfg->file);
@@ -169,6 +174,9 @@ static int run(const struct opts *o, struct bmx_config *cfg)
 out:
     smtp_server_shutdown(&srv);
     /* Let the last group commit finish: its callbacks free dead sessions. */
+    event_base_loop(srv.base, EVLOOP_NONBLOCK);
+    scheduler_free(srv.sched);
+    dns_free(dns);
     event_base_loop(srv.base, EVLOOP_NONBLOCK);
     if (srv.verify != NULL) {
         verify_free(srv.verify);

@@ -97,6 +97,17 @@ int queue_store(struct queue *q, const struct queue_envelope *env,
  * FN may use the queue (no cursor is held across the call). */
 typedef int (*queue_walk_fn)(const struct queue_envelope *env, void *arg);
 int queue_walk(struct queue *q, queue_walk_fn fn, void *arg);
+/* A walk in bounded steps, for a caller that must not hold the event loop
+ * (the control socket's list): FN is called for at most MAX messages with
+ * ids above AFTER_ID (NULL or "" = from the first), in id order. Returns 0
+ * when the end of the queue was reached, QUEUE_WALK_MORE when FN was called
+ * MAX times (resume with the last id FN saw; AFTER_ID need not exist any
+ * more), FN's non-zero value when it stopped the walk (so FN must not
+ * return QUEUE_WALK_MORE), or -1 on an error. Corrupt records are logged
+ * and skipped without changing the result. */
+#define QUEUE_WALK_MORE (-2)
+int queue_walk_from(struct queue *q, const char *after_id, size_t max,
+                    queue_walk_fn fn, void *arg);
 
 /* Loads one message's envelope and (if body != NULL) appends its body.
  * Returns 0, 1 when there is no such id, -1 on error. */
@@ -137,5 +148,49 @@ int queue_cache_put(struct queue *q, const char *key,
  * Returns the number removed, or -1 on error. */
 long queue_cache_purge(struct queue *q, int64_t now, size_t max,
                        char **resume);
+
+/* ---- the delivery side (queue_update.c): scheduler and bmxq -------------
+ * Updates commit with DB_TXN_NOSYNC: losing one in a crash can only make a
+ * recipient be tried again (a duplicate), never lose mail, because a
+ * recipient becomes DONE only after the next hop's 250. */
+struct queue_due {
+    char id[QUEUE_ID_LEN + 1];
+    uint16_t idx;                /* recipient index within the message */
+    int64_t next_attempt;
+};
+
+/* Fills OUT with up to MAX deferred recipients whose next_attempt <= NOW,
+ * earliest first (schedule index; nothing else is read). Returns the count
+ * or -1. */
+int queue_due(struct queue *q, int64_t now, struct queue_due *out, size_t max);
+
+/* Earliest next_attempt of any deferred recipient: 0 with *WHEN set, 1 when
+ * there is none, -1 on error. */
+int queue_next_due(struct queue *q, int64_t *when);
+
+/* Rewrites recipient IDX of message ID with R (state, attempts,
+ * next_attempt, last_error; the address is kept). When every recipient of
+ * the message is then DONE, the message (and its body file) is deleted in
+ * the same transaction and *GONE is set. Returns 0, 1 when there is no such
+ * message or recipient, -1 on error. */
+int queue_rcpt_update(struct queue *q, const char *id, uint16_t idx,
+                      const struct queue_rcpt *r, bool *gone);
+
+/* Sets the message's flags word (QENV_*). 0, 1 (no such message), -1. */
+int queue_set_flags(struct queue *q, const char *id, uint32_t flags);
+
+/* Deletes a message, its recipients and its body. 0, 1 (no such), -1. */
+int queue_delete(struct queue *q, const char *id);
+
+/* Calls FN for every recipient (of message ID, or of all messages when ID
+ * is NULL), in key order; when FN returns true the recipient as FN left it
+ * is written back (the address must not change). Works in transactions of
+ * 1000 records, so it never holds the whole queue locked. */
+typedef bool (*queue_rcpt_fn)(const char *id, uint16_t idx, struct queue_rcpt *r,
+                              void *arg);
+int queue_rcpt_scan(struct queue *q, const char *id, queue_rcpt_fn fn, void *arg,
+                    size_t *changed);
+
+#define QENV_WARNED    0x04      /* the delay notice has been sent */
 
 #endif

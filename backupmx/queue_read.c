@@ -253,3 +253,58 @@ int queue_walk(struct queue *q, queue_walk_fn fn, void *arg)
         return -1;
     return bad ? -1 : 0;
 }
+
+/* The key after which a resumed walk starts: AFTER_ID itself (next_key then
+ * looks for the smallest key above it, so AFTER_ID need not exist any more). */
+static int walk_start(DBT *key, const char *after_id)
+{
+    size_t len = strlen(after_id);
+    if (len == 0)
+        return 0;
+    if (!(key->data = malloc(len)))
+        return -1;
+    memcpy(key->data, after_id, len);
+    key->size = (u_int32_t)len;
+    return 0;
+}
+
+struct walk_count {
+    queue_walk_fn fn;
+    void *arg;
+    size_t calls;
+};
+
+static int walk_count_cb(const struct queue_envelope *env, void *arg)
+{
+    struct walk_count *w = arg;
+    w->calls++;
+    return w->fn(env, w->arg);
+}
+
+/* MAX counts the calls of FN, not keys: bad records and messages removed
+ * meanwhile are passed over in the same call, so a caller that resumes from
+ * the last id FN saw always makes progress. Bad records are logged (by
+ * walk_one) and do not end the walk or change its result. */
+int queue_walk_from(struct queue *q, const char *after_id, size_t max,
+                    queue_walk_fn fn, void *arg)
+{
+    DBT key = { .flags = DB_DBT_REALLOC };
+    struct walk_count w = { fn, arg, 0 };
+    bool bad = false;
+    int rc = 0;
+    if (max == 0)
+        return QUEUE_WALK_MORE;
+    if (after_id && walk_start(&key, after_id) < 0)
+        return -1;
+    while (w.calls < max && (rc = next_key(q, &key)) == 0) {
+        int stop = walk_one(q, &key, walk_count_cb, &w, &bad);
+        if (stop != 0) {
+            free(key.data);
+            return stop;
+        }
+    }
+    free(key.data);
+    if (rc < 0)
+        return -1;
+    return rc == 0 ? QUEUE_WALK_MORE : 0;
+}

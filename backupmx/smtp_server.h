@@ -15,6 +15,7 @@ struct evconnlistener;
 struct queue;
 struct policy;
 struct verify;
+struct scheduler;
 struct smtp_session;
 struct ipcount;
 
@@ -24,6 +25,7 @@ struct smtp_server {
     struct queue *queue;
     struct policy *policy;
     struct verify *verify;
+    struct scheduler *sched;
     SSL_CTX *tls;
     struct evconnlistener **listeners;
     size_t nlisteners;

@@ -30,6 +30,8 @@
 #include "smtp_server.h"
 #include "tls.h"
 #include "verify.h"
+#include "cidr.h"
+#include "scheduler.h"
 
 #define CMD_LINE_MAX 4096        /* longer command lines are refused */
 #define DATA_CHUNK_MAX 8192      /* an LF-less run this long is an over-long line */
@@ -523,6 +525,8 @@ static void cmd_unknown(struct smtp_session *s, const char *args)
     reply(s, "500 5.5.2 Error: command not recognized");
 }
 
+/* RFC 1985: "ETRN domain", "ETRN @domain" (and subdomains) and
+ * "ETRN #queue" (we have one queue per domain, so the same thing). */
 static void cmd_etrn(struct smtp_session *s, const char *args)
 {
     if (!s->srv->cfg->etrn.enabled) {
@@ -531,13 +535,33 @@ static void cmd_etrn(struct smtp_session *s, const char *args)
     }
     if (!need_helo(s))
         return;
-    if (*args == '\0') {
-        reply(s, "500 5.5.2 Syntax: ETRN domain");
+    if (s->state != S_HELO) {
+        reply(s, "503 5.5.1 Error: ETRN not allowed in a mail transaction");
         return;
     }
-    /* Access control and the queue run belong to the scheduler, which is
-     * not part of this build: say honestly that no run was started. */
-    reply(s, "458 4.3.0 Unable to queue messages for node %.255s", args);
+    const char *node = args;
+    if (*node == '@' || *node == '#')
+        node++;
+    if (*node == '\0' || strchr(node, ' ') != NULL || strlen(node) > 255) {
+        reply(s, "501 5.5.4 Syntax: ETRN domain");
+        return;
+    }
+    if (!cidr_list_match(&s->srv->cfg->etrn.allow, s->ip)) {
+        log_reject(s, "ETRN", NULL, "459 4.7.1 <%s>: client not allowed to ETRN", node);
+        return;
+    }
+    const struct bmx_domain *d = config_find_domain(s->srv->cfg, node);
+    if (d == NULL || d->mode != MODE_RELAY) {
+        log_reject(s, "ETRN", NULL, "459 4.7.1 <%s>: not a domain queued here", node);
+        return;
+    }
+    int n = scheduler_flush(s->srv->sched, d->name);
+    if (n < 0) {
+        reply(s, "458 4.3.0 Unable to queue messages for node %s", d->name);
+        return;
+    }
+    log_info("ETRN %s from unknown[%s]: %d messages due now", d->name, s->ip, n);
+    reply(s, "250 2.0.0 Queuing for node %s started", d->name);
 }
 
 static void tls_begin(struct smtp_session *s)

@@ -866,3 +866,78 @@ class DaemonTestCase(unittest.TestCase):
     def queue_bodies(self, qids):
         with self.daemon.stopped():
             return {q: self.daemon.queue_body(q) for q in qids}
+
+
+# --- helpers added with test_redelivery.py ---------------------------------
+
+def wait_until(pred, timeout, what="condition", interval=0.05, detail=None):
+    """Polls PRED() until it returns a true value, which is returned; after
+    TIMEOUT seconds an AssertionError names WHAT (and adds DETAIL(), a
+    callable, when given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            extra = ""
+            if detail is not None:
+                with contextlib.suppress(Exception):
+                    extra = "\n" + str(detail())
+            raise AssertionError("%s: not reached within %ss%s"
+                                 % (what, timeout, extra))
+        time.sleep(interval)
+
+
+def queue_list(build, spool, ids=None):
+    """{qid: (sender, [(state, address), ...])} from `qtool SPOOL list`
+    (the daemon must be stopped)."""
+    out = run_tool([qtool_path(build), spool, "list"], ids=ids).stdout
+    res = {}
+    cur = None
+    for line in out.decode("utf-8", "replace").splitlines():
+        m = re.match(r"^([0-9A-Z]{16}) \d+ <([^>]*)> \d+$", line)
+        if m:
+            cur = []
+            res[m.group(1)] = (m.group(2), cur)
+            continue
+        m = re.match(r"^\s+(\S+) <([^>]*)>$", line)
+        if m and cur is not None:
+            cur.append((m.group(1), m.group(2)))
+            continue
+        if line.strip():
+            raise AssertionError("qtool list: unexpected line %r" % line)
+    return res
+
+
+def send_messages(port, items, sessions=4, host="127.0.0.1"):
+    """Sends ITEMS, each a dict(sender=, rcpts=, msg=, mail_params=) for
+    SMTPClient.send_mail, over SESSIONS parallel SMTP sessions (several
+    transactions per session). Returns the queue ids in ITEMS' order."""
+    import threading
+    qids = [None] * len(items)
+    errors = []
+
+    def worker(k):
+        try:
+            c = SMTPClient(port, host=host, timeout=30)
+            try:
+                c.banner()
+                c.ehlo()
+                for i in range(k, len(items), sessions):
+                    qids[i] = c.send_mail(**items[i])
+                c.quit()
+            finally:
+                c.close()
+        except BaseException as e:      # reported in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True)
+               for k in range(min(sessions, len(items)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return qids
