@@ -120,7 +120,7 @@ static int all_done(struct queue *q, DB_TXN *txn, const char *id, bool *done)
     if (ret != 0)
         return ret;
     uint8_t k[QREC_RKEY_LEN];
-    uint8_t head[4];
+    uint8_t head[QREC_RCPT_FIXED];
     qrec_rcpt_key(k, id, 0);
     DBT rk = { .data = k, .size = sizeof k, .ulen = sizeof k, .flags = DB_DBT_USERMEM };
     DBT rd = { .data = head, .ulen = sizeof head, .dlen = sizeof head,

@@ -249,13 +249,27 @@ static const char *enh_code(const char *reply, char *buf, size_t len, int code)
     return buf;
 }
 
+/* The DSN goes first: recording the last recipient may delete the
+ * message, and the DSN quotes its headers. A crash in between can only
+ * send the DSN twice. */
+static void job_bounce_failed(struct scheduler *s, struct job *j, const char *relay)
+{
+    struct job_rcpt *failed = calloc(j->n ? j->n : 1, sizeof *failed);
+    size_t nfailed = 0;
+    for (size_t i = 0; failed != NULL && i < j->n; i++)
+        if (j->rcpt[i].code >= 500)
+            failed[nfailed++] = j->rcpt[i];
+    if (nfailed > 0)
+        sched_send_dsn(s, &j->env, failed, nfailed, false, relay);
+    free(failed);
+}
+
 void sched_job_done(struct scheduler *s, struct job *j, const char *relay)
 {
     int64_t now = now_s();
-    struct job_rcpt *failed = calloc(j->n ? j->n : 1, sizeof *failed);
-    size_t nfailed = 0;
     char delay[32], enh[16];
     log_delay(delay, sizeof delay, j->env.arrival);
+    job_bounce_failed(s, j, relay);
     for (size_t i = 0; i < j->n; i++) {
         struct job_rcpt *r = &j->rcpt[i];
         const char *reply = r->reply[0] ? r->reply : "no reply";
@@ -270,8 +284,6 @@ void sched_job_done(struct scheduler *s, struct job *j, const char *relay)
             s->st.bounced++;
             log_info("%s: to=<%s>, relay=%s, delay=%s, dsn=%s, status=bounced (%s)",
                      j->env.id, r->addr, relay, delay, enh, reply);
-            if (failed != NULL)
-                failed[nfailed++] = *r;
         } else {
             uint32_t att = r->attempts + 1;
             int64_t next = now + rcpt_backoff(s, att);
@@ -283,9 +295,6 @@ void sched_job_done(struct scheduler *s, struct job *j, const char *relay)
                      j->env.id, r->addr, relay, delay, enh, reply);
         }
     }
-    if (nfailed > 0)
-        sched_send_dsn(s, &j->env, failed, nfailed, false, relay);
-    free(failed);
     job_free(j);
 }
 
@@ -357,16 +366,16 @@ static void expire_rcpt(struct scheduler *s, const struct queue_envelope *env,
                         uint16_t idx, const struct queue_rcpt *r)
 {
     const char *why = r->last_error ? r->last_error : "delivery time expired";
-    rcpt_write(s, env->id, idx, RCPT_DONE, r->attempts, now_s(), why);
     s->st.bounced++;
     if (env->sender == NULL || env->sender[0] == '\0') {
         log_info("%s: to=<%s>, status=expired, null sender: dropped (%s)", env->id, r->addr, why);
-        return;
+    } else {
+        log_info("%s: to=<%s>, status=expired, returned to sender (%s)", env->id, r->addr, why);
+        struct job_rcpt jr = { .idx = idx, .addr = r->addr, .code = 0 };
+        snprintf(jr.reply, sizeof jr.reply, "4.4.7 message expired: %s", why);
+        sched_send_dsn(s, env, &jr, 1, false, NULL);
     }
-    log_info("%s: to=<%s>, status=expired, returned to sender (%s)", env->id, r->addr, why);
-    struct job_rcpt jr = { .idx = idx, .addr = r->addr, .code = 0 };
-    snprintf(jr.reply, sizeof jr.reply, "4.4.7 message expired: %s", why);
-    sched_send_dsn(s, env, &jr, 1, false, NULL);
+    rcpt_write(s, env->id, idx, RCPT_DONE, r->attempts, now_s(), why);
 }
 
 static void maybe_warn(struct scheduler *s, const struct queue_envelope *env,
