@@ -115,6 +115,7 @@ struct dns {
     int sn_pending;              /* > 0 while it runs */
     time_t sn_expires;           /* CLOCK_MONOTONIC */
     bool sn_done;                /* at least one result so far */
+    int sn_state;                /* of the last lookup, to log changes only */
 };
 
 static void progress(struct dns_req *r);
@@ -159,7 +160,9 @@ static const char *status_str(int st)
     case ARES_ETIMEOUT: return "timeout";
     case ARES_ESERVFAIL: return "server failure";
     case ARES_EREFUSED: return "refused";
-    case ARES_ECONNREFUSED: return "connection refused";
+    /* c-ares 1.18 also ends with this when every server said SERVFAIL or
+     * REFUSED. */
+    case ARES_ECONNREFUSED: return "no usable answer from the resolver";
     default: return ares_strerror(st);
     }
 }
@@ -376,20 +379,26 @@ static void selfname_done(struct dns *d)
 {
     struct host *h = &d->sn;
     time_t now = mono_now();
+    int state;                   /* 1 found, 2 has no address, 3 lookup failed */
     if (h->naddrs > 0 || (perm_status(h->st4) && perm_status(h->st6))) {
         if (!dns_self_set_named(d->self, h->addrs, h->naddrs))
             log_warn("DNS: out of memory storing the addresses of %s", d->hostname);
-        if (h->naddrs == 0)
-            log_warn("DNS: my hostname %s has no address; detecting myself by "
-                     "interface address only", d->hostname);
+        state = h->naddrs > 0 ? 1 : 2;
         d->sn_expires = now + SELFNAME_TTL;
         d->sn_done = true;
     } else {
-        log_warn("DNS: cannot look up my hostname %s (%s); keeping %s", d->hostname,
-                 status_str(h->st4 != ARES_SUCCESS ? h->st4 : h->st6),
-                 d->sn_done ? "the previous addresses" : "interface addresses only");
+        state = 3;
         d->sn_expires = now + SELFNAME_RETRY;
     }
+    /* Warn when the state changes, not at every refresh. */
+    if (state != d->sn_state && state == 2)
+        log_warn("DNS: my hostname %s has no address; detecting myself by "
+                 "interface address only", d->hostname);
+    else if (state != d->sn_state && state == 3)
+        log_warn("DNS: cannot look up my hostname %s (%s); using %s", d->hostname,
+                 status_str(h->st4 != ARES_SUCCESS && !perm_status(h->st4) ? h->st4 : h->st6),
+                 d->sn_done ? "its previous addresses" : "interface addresses only");
+    d->sn_state = state;
     if (log_verbose()) {
         char list[512] = "", buf[INET6_ADDRSTRLEN];
         size_t len = 0;

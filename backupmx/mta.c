@@ -385,6 +385,11 @@ static void conn_ready(struct mta_conn *c)
 {
     c->state = M_READY;
     while ((c->job = sched_take_job(c->s, c->d)) != NULL) {
+        if (sched_job_prune(c->s, c->job) == 0) {
+            job_free(c->job);
+            c->job = NULL;
+            continue;
+        }
         if (!job_refused_locally(c)) {
             txn_start(c);
             return;

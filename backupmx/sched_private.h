@@ -63,6 +63,7 @@ struct scheduler {
 
 /* scheduler.c, for mta.c */
 struct job *sched_take_job(struct scheduler *s, struct dest *d);
+size_t sched_job_prune(struct scheduler *s, struct job *j);
 void sched_job_done(struct scheduler *s, struct job *j, const char *relay);
 void sched_dest_failed(struct scheduler *s, struct dest *d, const char *why);
 void sched_dest_up(struct scheduler *s, struct dest *d);

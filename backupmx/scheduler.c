@@ -210,6 +210,30 @@ static int job_add_rcpt(struct job *j, uint16_t idx, const struct queue_rcpt *r)
     return 0;
 }
 
+/* Drops the recipients of J that the operator held, deleted or bounced
+ * since J was made (bmxq acts on the queue, not on jobs). Returns how many
+ * are left. */
+size_t sched_job_prune(struct scheduler *s, struct job *j)
+{
+    struct queue_envelope env;
+    int rc = queue_get(s->q, j->env.id, &env, NULL);
+    size_t keep = 0;
+    for (size_t i = 0; i < j->n; i++) {
+        struct job_rcpt *r = &j->rcpt[i];
+        bool live = rc == 0 && r->idx < env.nrcpt && env.rcpt[r->idx].state == RCPT_DEFERRED;
+        if (!live) {
+            lease_drop(s, j->env.id, r->idx);
+            free(r->addr);
+            continue;
+        }
+        j->rcpt[keep++] = *r;
+    }
+    j->n = keep;
+    if (rc == 0)
+        queue_envelope_free(&env);
+    return keep;
+}
+
 /* ---- recording results ------------------------------------------------- */
 
 static void log_delay(char *buf, size_t len, int64_t arrival)
