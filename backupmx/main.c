@@ -24,6 +24,7 @@
 #include "verify.h"
 #include "dns.h"
 #include "scheduler.h"
+#include "control.h"
 
 #define DEFAULT_CONFIG "/etc/backupmx/backupmx.conf"
 #define FALLBACK_USER "nobody"
@@ -138,6 +139,7 @@ static int run(const struct opts *o, struct bmx_config *cfg)
     struct smtp_server srv = { .cfg = cfg };
     struct event *sigterm = NULL, *sigint = NULL;
     struct dns *dns = NULL;
+    struct control *ctl = NULL;
     srv.base = event_base_new();
     if (srv.base == NULL)
         return 1;
@@ -163,9 +165,10 @@ static int run(const struct opts *o, struct bmx_config *cfg)
     srv.verify = verify_new(srv.base, cfg, srv.queue);
     dns = dns_new(srv.base, cfg);
     srv.sched = dns ? scheduler_new(srv.base, cfg, srv.queue, dns) : NULL;
+    ctl = srv.sched ? control_new(srv.base, cfg, srv.queue, srv.sched) : NULL;
     sigterm = evsignal_new(srv.base, SIGTERM, stop_cb, srv.base);
     sigint = evsignal_new(srv.base, SIGINT, stop_cb, srv.base);
-    if (srv.policy == NULL || srv.verify == NULL || srv.sched == NULL || sigterm == NULL || sigint == NULL
+    if (srv.policy == NULL || srv.verify == NULL || srv.sched == NULL || ctl == NULL || sigterm == NULL || sigint == NULL
         || evsignal_add(sigterm, NULL) != 0 || evsignal_add(sigint, NULL) != 0)
         goto out;
     log_info("daemon started -- version %s, configuration %s", BMX_VERSION, cfg->file);
@@ -175,6 +178,7 @@ out:
     smtp_server_shutdown(&srv);
     /* Let the last group commit finish: its callbacks free dead sessions. */
     event_base_loop(srv.base, EVLOOP_NONBLOCK);
+    control_free(ctl);
     scheduler_free(srv.sched);
     dns_free(dns);
     event_base_loop(srv.base, EVLOOP_NONBLOCK);
