@@ -86,6 +86,7 @@ static struct queue_parked *take_parked(struct queue *q, size_t *n)
 static void flush_in_loop(struct queue *q)
 {
     size_t n;
+    q->dirty = false;
     struct queue_parked *batch = take_parked(q, &n);
     uint64_t t0 = now_usec();
     int ret = q->env->log_flush(q->env, NULL);
@@ -96,6 +97,7 @@ static void flush_in_loop(struct queue *q)
 static void flush_start(struct queue *q)
 {
     struct qflusher *f = q->flusher;
+    q->dirty = false;
     f->inflight = take_parked(q, &f->ninflight);
     f->busy = true;
     pthread_mutex_lock(&f->mu);
@@ -114,7 +116,7 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
         flush_in_loop(q);
         return;
     }
-    if (!q->flusher->busy && q->npark > 0)
+    if (!q->flusher->busy && (q->npark > 0 || q->dirty))
         flush_start(q);
     /* else: flush_done_cb starts the next flush when this one returns */
 }
@@ -140,7 +142,7 @@ static void flush_done_cb(evutil_socket_t fd, short what, void *arg)
     f->busy = false;
     run_batch(q, batch, n, ret, usec);
     free(batch);
-    if (q->npark > 0 && q->flusher != NULL)
+    if ((q->npark > 0 || q->dirty) && q->flusher != NULL)
         flush_start(q);
 }
 
@@ -269,9 +271,21 @@ int queue_park_reserve(struct queue *q)
     return 0;
 }
 
+/* Updates (delivery results) need no callback, but should not wait for a
+ * checkpoint to reach the disk: each one left in the log buffer at a crash
+ * is a message delivered twice. They ride on the next group flush. */
+void queue_flush_soon(struct queue *q)
+{
+    if (q->flush_ev == NULL)
+        return;
+    if (q->npark == 0 && !q->dirty)
+        event_active(q->flush_ev, EV_TIMEOUT, 0);
+    q->dirty = true;
+}
+
 void queue_park(struct queue *q, queue_stored_cb cb, void *arg)
 {
-    if (q->npark == 0)
+    if (q->npark == 0 && !q->dirty)
         event_active(q->flush_ev, EV_TIMEOUT, 0);
     q->park[q->npark].cb = cb;
     q->park[q->npark].arg = arg;

@@ -135,6 +135,7 @@ struct queue {
     struct queue_parked *park;   /* stores committed since the last flush */
     size_t npark, parkcap;
     struct qflusher *flusher;    /* the flush thread (queue_flush.c) */
+    bool dirty;                  /* unflushed updates, no callbacks waiting */
     struct queue_stats st;
 };
 
@@ -149,5 +150,7 @@ void queue_commit_detach(struct queue *q);
  * parking after it cannot fail), then parks it. */
 int queue_park_reserve(struct queue *q);
 void queue_park(struct queue *q, queue_stored_cb cb, void *arg);
+/* Asks for a log flush at the end of this loop pass (no callback). */
+void queue_flush_soon(struct queue *q);
 
 #endif

@@ -1,8 +1,9 @@
 /* The delivery side of the queue: which recipients are due (the schedule
  * index, so nothing grows with the queue), recording attempt results, and
- * removing messages. Writes commit with DB_TXN_NOSYNC: a lost update can
- * only make a recipient be tried again, because DONE is written only after
- * the next hop's 250. */
+ * removing messages. Writes commit with DB_TXN_NOSYNC and ask for the next
+ * group flush: a lost update can only make a recipient be tried again,
+ * because DONE is written only after the next hop's 250, and the flush
+ * keeps that window to one loop pass. */
 #include "queue_private.h"
 
 #include <errno.h>
@@ -183,8 +184,8 @@ static int in_txn(struct queue *q, const char *what, const char *id,
         ret = fn(q, txn, arg);
         if (ret != 0)
             txn->abort(txn);
-        else
-            ret = txn->commit(txn, DB_TXN_NOSYNC);
+        else if ((ret = txn->commit(txn, DB_TXN_NOSYNC)) == 0)
+            queue_flush_soon(q);
     }
     if (ret == DB_NOTFOUND)
         return 1;
