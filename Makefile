@@ -43,6 +43,16 @@ HELPERS  := $(HELPER_SRC:tests/helpers/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps test-deps run check check-suites clean
 PROGS    := $(BIN)/backupmx $(if $(wildcard backupmx/bmxq.c),$(BIN)/bmxq)
+# fetchd, the puller. Debian's libetpan.pc leaks -specs=/usr/share/dpkg/no-pie-link.specs
+# (non-PIE with gcc, a failure without dpkg-dev): strip it.
+FETCHD_SRC  := $(wildcard fetchd/*.c)
+FETCHD_OBJ  := $(FETCHD_SRC:%.c=$(BUILD)/%.o)
+ETPAN_LIBS  := $(shell pkg-config --libs libetpan 2>/dev/null | sed 's/-specs=[^ ]*//g')
+PROGS       += $(if $(FETCHD_SRC),$(BIN)/fetchd)
+
+$(BIN)/fetchd: $(FETCHD_OBJ) $(BUILD)/lib/log.o $(BUILD)/lib/units.o
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(ETPAN_LIBS)
 
 all: $(PROGS) $(UNIT_BIN) $(HELPERS)
 

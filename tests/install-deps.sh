@@ -5,9 +5,9 @@
 set -eu
 
 BUILD="build-essential pkg-config libevent-dev libssl-dev libdb5.3-dev
-       libconfuse-dev libc-ares-dev"
+       libconfuse-dev libc-ares-dev libetpan-dev"
 TEST="libcmocka-dev clang libclang-rt-14-dev swaks libnet-ssleay-perl libio-socket-ssl-perl postfix python3 openssl
-      dnsmasq-base procps iproute2"
+      dnsmasq-base procps iproute2 dovecot-imapd dovecot-pop3d"
 
 want="$BUILD"
 [ "${1:-build}" = "test" ] && want="$BUILD $TEST"
