@@ -8,6 +8,7 @@
 # Sources are picked up by directory so that adding a file needs no Makefile edit.
 
 VERSION := 0.1.0
+.DEFAULT_GOAL := all
 
 ifeq ($(SAN),1)
 CC      := clang
@@ -50,7 +51,7 @@ FETCHD_OBJ  := $(FETCHD_SRC:%.c=$(BUILD)/%.o)
 ETPAN_LIBS  := $(shell pkg-config --libs libetpan 2>/dev/null | sed 's/-specs=[^ ]*//g')
 PROGS       += $(if $(FETCHD_SRC),$(BIN)/fetchd)
 
-$(BIN)/fetchd: $(FETCHD_OBJ) $(BUILD)/lib/log.o $(BUILD)/lib/units.o
+$(BIN)/fetchd: $(FETCHD_OBJ) $(BUILD)/lib/log.o $(BUILD)/lib/units.o $(BUILD)/lib/conf_load.o
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(ETPAN_LIBS)
 

@@ -1,7 +1,5 @@
-/* Schema-driven libconfuse loader with FILE:LINE problem reports (see
- * conf_load.h). The lexer and the statement check follow lib/config.c's
- * passes, made independent of one schema so that fetchd's configuration
- * gets the same quality of messages as backupmx's.
+/* Schema-driven libconfuse loader with FILE:LINE problem reports: the three
+ * passes (lex, check, parse) and the getters described in conf_load.h.
  *
  * Not thread-safe: libconfuse's lexer is a global flex scanner anyway. */
 #include "conf_load.h"
@@ -23,11 +21,12 @@
 
 static _Noreturn void out_of_memory(void)
 {
-    fputs("fetchd: out of memory while loading the configuration\n", stderr);
+    fprintf(stderr, "%s: out of memory while loading the configuration\n",
+            program_invocation_short_name);
     abort();
 }
 
-static void *xrealloc(void *p, size_t n)
+void *conf_xrealloc(void *p, size_t n)
 {
     p = realloc(p, n ? n : 1);
     if (p == NULL)
@@ -35,21 +34,28 @@ static void *xrealloc(void *p, size_t n)
     return p;
 }
 
-static char *xstrndup(const char *s, size_t n)
+void *conf_xcalloc(size_t n, size_t sz)
 {
-    char *d = xrealloc(NULL, n + 1);
+    void *p = calloc(n ? n : 1, sz);
+    if (p == NULL)
+        out_of_memory();
+    return p;
+}
+
+char *conf_xstrndup(const char *s, size_t n)
+{
+    char *d = conf_xrealloc(NULL, n + 1);
     memcpy(d, s, n);
     d[n] = '\0';
     return d;
 }
 
-static char *xstrdup(const char *s)
+char *conf_xstrdup(const char *s)
 {
-    return s ? xstrndup(s, strlen(s)) : NULL;
+    return s ? conf_xstrndup(s, strlen(s)) : NULL;
 }
 
-static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xasprintf(const char *fmt, ...)
+char *conf_xasprintf(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -61,13 +67,14 @@ static char *xasprintf(const char *fmt, ...)
     return s;
 }
 
+/* Grows *v (of *cap elements of size sz) so that it holds at least n+1. */
 static void grow(void **v, size_t *cap, size_t n, size_t sz)
 {
     if (n < *cap)
         return;
     while (n >= *cap)
         *cap = *cap ? *cap * 2 : 16;
-    *v = xrealloc(*v, *cap * sz);
+    *v = conf_xrealloc(*v, *cap * sz);
 }
 
 /* ------------------------------------------------------------------------
@@ -106,8 +113,7 @@ struct problem {
 
 struct confdoc {
     const char *file;
-    cfg_opt_t *schema;
-    const char *const *pairs;   /* "section|name" */
+    struct confschema schema;
     char *src;                  /* the file, NUL-terminated */
     char *buf;                  /* copy handed to libconfuse, with blanks */
     size_t len;
@@ -125,7 +131,7 @@ static void vreport(struct confdoc *L, int line, const char *fmt, va_list ap)
 {
     char *msg = NULL;
     if (vasprintf(&msg, fmt, ap) < 0)
-        msg = xstrdup("out of memory");
+        msg = conf_xstrdup("out of memory");
     grow((void **)&L->prob, &L->capprob, L->nprob, sizeof *L->prob);
     L->prob[L->nprob] = (struct problem){ line, L->nprob, msg };
     L->nprob++;
@@ -207,7 +213,7 @@ static int read_file(struct confdoc *L)
         return -1;
     }
     L->src[L->len] = '\0';
-    L->buf = xstrndup(L->src, L->len);
+    L->buf = conf_xstrndup(L->src, L->len);
     return 0;
 }
 
@@ -366,7 +372,7 @@ static size_t lex_quoted(struct confdoc *L, size_t i, int *line)
     const char *s = L->src;
     char q = s[i];
     int open_line = *line;
-    struct sbuf b = { xstrdup(""), 0, 1 };
+    struct sbuf b = { conf_xstrdup(""), 0, 1 };
     size_t j = i + 1;
     while (j < L->len && s[j] != q && s[j] != '\n') {
         if (s[j] == '\\')
@@ -387,7 +393,7 @@ static size_t lex_env(struct confdoc *L, size_t i, int line)
 {
     const char *end = strchr(L->src + i, '}');
     size_t j = end ? (size_t)(end - L->src) + 1 : L->len;
-    add_token(L, T_STR, line, i, j, xstrndup(L->src + i, j - i));
+    add_token(L, T_STR, line, i, j, conf_xstrndup(L->src + i, j - i));
     return j;
 }
 
@@ -437,7 +443,7 @@ static size_t lex_one(struct confdoc *L, size_t i, int *line)
         bad_char(L, *line, c);
         return i + 1;
     }
-    add_token(L, T_STR, *line, i, i + n, xstrndup(s + i, n));
+    add_token(L, T_STR, *line, i, i + n, conf_xstrndup(s + i, n));
     return i + n;
 }
 
@@ -539,11 +545,11 @@ static const char *suggest(const cfg_opt_t *schema, const char *name)
 static char *section_desc(const struct confdoc *L, int ent)
 {
     if (ent < 0)
-        return xstrdup("");
+        return conf_xstrdup("");
     const struct entry *e = &L->ent[ent];
     if (e->title != NULL)
-        return xasprintf("%s \"%s\"", e->name, e->title);
-    return xstrdup(e->name);
+        return conf_xasprintf("%s \"%s\"", e->name, e->title);
+    return conf_xstrdup(e->name);
 }
 
 /* Drops statement tokens [from, to) from what libconfuse will see. */
@@ -605,7 +611,7 @@ static int add_entry(struct confdoc *L, int parent, const cfg_opt_t *opt,
 
 static void add_item(struct entry *e, int line)
 {
-    e->item_line = xrealloc(e->item_line, (e->nitems + 1) * sizeof *e->item_line);
+    e->item_line = conf_xrealloc(e->item_line, (e->nitems + 1) * sizeof *e->item_line);
     e->item_line[e->nitems++] = line;
 }
 
@@ -624,9 +630,11 @@ static int ent_find(const struct confdoc *L, int parent, const char *name)
     return ent_nth(L, parent, name, 0);
 }
 
-/* Section titles (account names) and pair keys compare exactly. */
-static bool same_title(const char *a, const char *b)
+/* Section titles and pair keys compare as the schema says, or exactly. */
+static bool same_title(const struct confdoc *L, const char *a, const char *b)
 {
+    if (L->schema.same_title != NULL)
+        return L->schema.same_title(a, b);
     return strcmp(a, b) == 0;
 }
 
@@ -637,7 +645,7 @@ static int find_duplicate(const struct confdoc *L, int parent, const cfg_opt_t *
         int i = ent_nth(L, parent, opt->name, k);
         if (i < 0)
             return ENT_NONE;
-        if (title == NULL || same_title(L->ent[i].title, title))
+        if (title == NULL || same_title(L, L->ent[i].title, title))
             return i;
     }
 }
@@ -649,9 +657,9 @@ static void report_unknown(struct confdoc *L, const struct token *t,
     const char *hint = suggest(schema, t->text);
     char *extra = NULL;
     if (hint != NULL)
-        extra = xasprintf(" (did you mean '%s'?)", hint);
-    else if (parent >= 0 && schema_find(L->schema, t->text) != NULL)
-        extra = xasprintf(" (is a '}' missing before it?)");
+        extra = conf_xasprintf(" (did you mean '%s'?)", hint);
+    else if (parent >= 0 && schema_find(L->schema.opts, t->text) != NULL)
+        extra = conf_xasprintf(" (is a '}' missing before it?)");
     report(L, t->line, "unknown option '%s'%s%s%s", t->text,
            *where ? " in " : "", where, extra ? extra : "");
     free(extra);
@@ -774,7 +782,7 @@ static size_t check_value(struct confdoc *L, size_t p, const cfg_opt_t *opt, int
         return end;
     }
     size_t nlines = 0;
-    int *lines = xrealloc(NULL, (skip_value(L, q) - q + 1) * sizeof *lines);
+    int *lines = conf_xrealloc(NULL, (skip_value(L, q) - q + 1) * sizeof *lines);
     if (v->type == T_STR) {
         lines[nlines++] = v->line;
         end = q + 1;
@@ -795,8 +803,8 @@ static bool is_pair(const struct confdoc *L, int parent, const char *name)
 {
     const char *sec = parent >= 0 ? L->ent[parent].name : "";
     size_t n = strlen(sec);
-    for (size_t i = 0; L->pairs != NULL && L->pairs[i] != NULL; i++) {
-        const char *p = L->pairs[i];
+    for (size_t i = 0; L->schema.pairs != NULL && L->schema.pairs[i] != NULL; i++) {
+        const char *p = L->schema.pairs[i];
         if (strncmp(p, sec, n) == 0 && p[n] == '|' && strcmp(p + n + 1, name) == 0)
             return true;
     }
@@ -820,7 +828,7 @@ static size_t check_pair(struct confdoc *L, size_t p, int parent)
     for (size_t i = 0; i < L->nent; i++) {
         const struct entry *e = &L->ent[i];
         if (e->parent == parent && e->opt == NULL && strcmp(e->name, t->text) == 0
-            && same_title(e->title, k->text)) {
+            && same_title(L, e->title, k->text)) {
             char *where = section_desc(L, parent);
             report(L, t->line, "%s%s%s \"%s\" is given twice (first on line %d)", where,
                    *where ? ": " : "", t->text, k->text, e->line);
@@ -889,7 +897,7 @@ static void confuse_error(cfg_t *cfg, const char *fmt, va_list ap)
 
 static cfg_t *confuse_parse(struct confdoc *L)
 {
-    cfg_t *cfg = cfg_init(L->schema, CFGF_NONE);
+    cfg_t *cfg = cfg_init(L->schema.opts, CFGF_NONE);
     if (cfg == NULL) {
         report(L, 0, "cannot initialise the parser");
         return NULL;
@@ -911,23 +919,30 @@ static cfg_t *confuse_parse(struct confdoc *L)
  * Public interface: the document
  */
 
-struct confdoc *confdoc_load(const char *file, cfg_opt_t *schema,
-                             const char *const *pairs, cfg_t **root)
+struct confdoc *confdoc_parse(const char *file, const struct confschema *schema, cfg_t **root)
 {
-    struct confdoc *L = xrealloc(NULL, sizeof *L);
-    *L = (struct confdoc){ .file = file, .schema = schema, .pairs = pairs };
+    struct confdoc *L = conf_xrealloc(NULL, sizeof *L);
+    *L = (struct confdoc){ .file = file, .schema = *schema };
     *root = NULL;
     if (read_file(L) == 0) {
         check_nul(L);
         lex(L);
         check_braces(L);
     }
-    /* After a lexical problem the statement structure is guesswork. */
+    /* After a lexical problem the statement structure is guesswork, and
+     * further messages would mostly be noise. */
     if (L->nprob == 0 && !L->lex_failed) {
-        check_block(L, 0, schema, ENT_TOP);
+        check_block(L, 0, L->schema.opts, ENT_TOP);
         *root = confuse_parse(L);
     }
     return L;
+}
+
+struct confdoc *confdoc_load(const char *file, cfg_opt_t *schema,
+                             const char *const *pairs, cfg_t **root)
+{
+    struct confschema sch = { .opts = schema, .pairs = pairs };
+    return confdoc_parse(file, &sch, root);
 }
 
 size_t confdoc_finish(struct confdoc *L, FILE *errs)
@@ -973,27 +988,37 @@ struct confsec confsec_top(struct confdoc *L, cfg_t *root)
     return sec_open(L, root, ENT_TOP);
 }
 
-/* Duplicates were dropped before libconfuse saw them, so the K-th entries
- * correspond; the title check guards against ${VAR} titles. */
+/* The outline entry of libconfuse's K-th section NAME. Duplicates were
+ * dropped before libconfuse saw them, so the K-th entries correspond; the
+ * title check guards against ${VAR} titles that only libconfuse expands. */
+static int section_entry(const struct confdoc *L, cfg_t *sec, const char *name, size_t k)
+{
+    int e = ent_nth(L, ENT_TOP, name, k);
+    const char *title = sec ? cfg_title(sec) : NULL;
+    if (title == NULL || (e >= 0 && (L->ent[e].title == NULL
+                                     || same_title(L, L->ent[e].title, title))))
+        return e;
+    for (size_t i = 0; (e = ent_nth(L, ENT_TOP, name, i)) >= 0; i++)
+        if (L->ent[e].title != NULL && same_title(L, L->ent[e].title, title))
+            return e;
+    return ENT_NONE;
+}
+
 struct confsec confsec_nth(struct confdoc *L, cfg_t *root, const char *name, unsigned k)
 {
     cfg_t *sec = cfg_getnsec(root, name, k);
-    int e = ent_nth(L, ENT_TOP, name, k);
-    const char *title = sec ? cfg_title(sec) : NULL;
-    if (e >= 0 && title != NULL && L->ent[e].title != NULL
-        && !same_title(L->ent[e].title, title)) {
-        e = ENT_NONE;
-        for (size_t i = 0; (e = ent_nth(L, ENT_TOP, name, i)) >= 0; i++)
-            if (same_title(L->ent[e].title, title))
-                break;
-    }
-    return sec_open(L, sec, e);
+    return sec_open(L, sec, section_entry(L, sec, name, k));
 }
 
 void confsec_close(struct confsec *s)
 {
     free(s->desc);
     s->desc = NULL;
+}
+
+bool confsec_present(const struct confsec *s)
+{
+    return s->ent != ENT_NONE;
 }
 
 int confsec_line(const struct confsec *s)
@@ -1015,22 +1040,42 @@ int confsec_item_line(const struct confsec *s, const char *name, size_t k)
     return confsec_opt_line(s, name);
 }
 
+size_t confsec_nitems(const struct confsec *s, const char *name)
+{
+    int i = ent_find(s->doc, s->ent, name);
+    return i >= 0 ? s->doc->ent[i].nitems : 0;
+}
+
 bool confsec_given(const struct confsec *s, const char *name)
 {
     return ent_find(s->doc, s->ent, name) >= 0;
+}
+
+static void vsec_error(const struct confsec *s, const char *name, int line, const char *fmt,
+                       va_list ap)
+{
+    char *msg = NULL;
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    report(s->doc, line, "%s%s%s: %s", s->desc, *s->desc ? ": " : "",
+           name, msg ? msg : "out of memory");
+    free(msg);
 }
 
 void confsec_error(const struct confsec *s, const char *name, int line, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    char *msg = NULL;
-    if (vasprintf(&msg, fmt, ap) < 0)
-        msg = NULL;
+    vsec_error(s, name, line, fmt, ap);
     va_end(ap);
-    report(s->doc, line, "%s%s%s: %s", s->desc, *s->desc ? ": " : "",
-           name, msg ? msg : "out of memory");
-    free(msg);
+}
+
+void confsec_opt_error(const struct confsec *s, const char *name, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsec_error(s, name, confsec_opt_line(s, name), fmt, ap);
+    va_end(ap);
 }
 
 /* ------------------------------------------------------------------------
@@ -1047,22 +1092,39 @@ char *confsec_str(const struct confsec *s, const char *name, const char *def)
 {
     const char *v = confsec_raw(s, name, def);
     if (v != NULL && *v == '\0') {
-        confsec_error(s, name, confsec_opt_line(s, name), "must not be empty");
-        return xstrdup(def);
+        confsec_opt_error(s, name, "must not be empty");
+        return conf_xstrdup(def);
     }
-    return xstrdup(v);
+    return conf_xstrdup(v);
+}
+
+/* Reports a bad value and returns false; *out is then DEF's value. */
+static bool get_duration(const struct confsec *s, const char *name, const char *def,
+                         int64_t *out)
+{
+    const char *v = confsec_raw(s, name, def);
+    if (parse_duration(v, out) == 0)
+        return true;
+    confsec_opt_error(s, name, "invalid duration '%s' (a whole number with an optional unit "
+                      "s, m, h or d, e.g. 90, 30s, 5m, 1h, 10d)", v);
+    parse_duration(def, out);
+    return false;
 }
 
 int64_t confsec_duration(const struct confsec *s, const char *name, const char *def)
 {
-    const char *v = confsec_raw(s, name, def);
     int64_t d = 0;
-    if (parse_duration(v, &d) == 0)
-        return d;
-    confsec_error(s, name, confsec_opt_line(s, name),
-                  "invalid duration '%s' (a whole number with an optional unit "
-                  "s, m, h or d, e.g. 90, 30s, 5m, 1h, 10d)", v);
-    parse_duration(def, &d);
+    get_duration(s, name, def, &d);
+    return d;
+}
+
+int64_t confsec_positive_duration(const struct confsec *s, const char *name, const char *def)
+{
+    int64_t d = 0;
+    if (get_duration(s, name, def, &d) && d == 0) {
+        confsec_opt_error(s, name, "must be longer than 0");
+        parse_duration(def, &d);
+    }
     return d;
 }
 
@@ -1072,9 +1134,8 @@ uint64_t confsec_size(const struct confsec *s, const char *name, const char *def
     uint64_t n = 0;
     if (parse_size(v, &n) == 0)
         return n;
-    confsec_error(s, name, confsec_opt_line(s, name),
-                  "invalid size '%s' (a whole number of bytes with an optional "
-                  "unit k, M or G, e.g. 65536, 64k, 50M, 5G)", v);
+    confsec_opt_error(s, name, "invalid size '%s' (a whole number of bytes with an optional "
+                      "unit k, M or G, e.g. 65536, 64k, 50M, 5G)", v);
     parse_size(def, &n);
     return n;
 }
@@ -1088,12 +1149,11 @@ long confsec_long(const struct confsec *s, const char *name, long def, long min,
     errno = 0;
     long n = strtol(v, &end, 10);
     if (!isdigit((unsigned char)*v) || *end != '\0' || errno != 0) {
-        confsec_error(s, name, confsec_opt_line(s, name), "expected a whole number, got '%s'", v);
+        confsec_opt_error(s, name, "expected a whole number, got '%s'", v);
         return def;
     }
     if (n < min || n > max) {
-        confsec_error(s, name, confsec_opt_line(s, name), "%ld is out of range (%ld to %ld)",
-                      n, min, max);
+        confsec_opt_error(s, name, "%ld is out of range (%ld to %ld)", n, min, max);
         return def;
     }
     return n;
@@ -1111,7 +1171,7 @@ bool confsec_bool(const struct confsec *s, const char *name, bool def)
         if (strcasecmp(v, no[i]) == 0)
             return false;
     }
-    confsec_error(s, name, confsec_opt_line(s, name), "expected true or false, got '%s'", v);
+    confsec_opt_error(s, name, "expected true or false, got '%s'", v);
     return def;
 }
 
@@ -1128,7 +1188,7 @@ int confsec_enum(const struct confsec *s, const char *name, const char *const *n
         strncat(choices, i ? ", " : "", sizeof choices - strlen(choices) - 1);
         strncat(choices, names[i], sizeof choices - strlen(choices) - 1);
     }
-    confsec_error(s, name, confsec_opt_line(s, name), "must be one of %s, not '%s'", choices, v);
+    confsec_opt_error(s, name, "must be one of %s, not '%s'", choices, v);
     return def;
 }
 
