@@ -7,7 +7,8 @@ set -eu
 BUILD="build-essential pkg-config libevent-dev libssl-dev libdb5.3-dev
        libconfuse-dev libc-ares-dev libetpan-dev"
 TEST="libcmocka-dev clang libclang-rt-14-dev swaks libnet-ssleay-perl libio-socket-ssl-perl postfix python3 openssl
-      dnsmasq-base procps iproute2 dovecot-imapd dovecot-pop3d"
+      dnsmasq-base procps iproute2 dovecot-imapd dovecot-pop3d
+      systemd lintian debhelper dpkg-dev groff-base man-db"
 
 want="$BUILD"
 [ "${1:-build}" = "test" ] && want="$BUILD $TEST"
