@@ -725,6 +725,12 @@ static bool read_data_line(struct smtp_session *s, struct evbuffer *in)
         size_t n = evbuffer_get_length(in);
         if (n <= DATA_CHUNK_MAX)
             return false;
+        /* Keep a trailing CR: with the LF that follows it is a CRLF, and
+         * "\r\n.\r\n" must still end the data. */
+        char last;
+        if (evbuffer_ptr_set(in, &p, n - 1, EVBUFFER_PTR_SET) == 0
+            && evbuffer_copyout_from(in, &p, &last, 1) == 1 && last == '\r')
+            n--;
         data_feed_overlong(&s->data, n);
         evbuffer_drain(in, n);
         return true;

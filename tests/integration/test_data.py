@@ -90,6 +90,18 @@ class DataHandling(DaemonTestCase):
         c.quit()
         self.assertEqual(split_received(self.queue_bodies([qid])[qid])[1], msg)
 
+    def test_end_after_overlong_line_split_at_cr(self):
+        # Found by fuzz_smtp_data: the daemon drops an LF-less run of over
+        # 8 KB; when that run ended in the CR of "\r\n.\r\n", the end of
+        # data was missed and the session fell out of step.
+        c = self.open_data()
+        c.send(b"Subject: long\r\n\r\n" + b"x" * 9000 + b"\r")
+        c.quiet(0.3)
+        c.send(b"\n.\r\n")
+        c.expect(c.reply(), 554, "5.6.0")
+        c.check("NOOP", 250)
+        c.quit()
+
     def test_smuggling(self):
         before = self.queue_count()
         for name, fake in SMUGGLE_VARIANTS:
