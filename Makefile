@@ -219,5 +219,14 @@ deb:
 	    cp $$f .; echo "deb: ./$$(basename $$f)"; \
 	done
 
+# Side-by-side benchmarks (not part of make check): bench/results/LATEST.md.
+.PHONY: bench bench-quick bench-deps
+bench-deps:
+	bench/install-deps.sh
+bench: all bench-deps
+	bench/run
+bench-quick: all bench-deps
+	bench/run --quick
+
 check-install:
 	@BMX_TEST_FILTER=test_install python3 tests/integration/run.py --bin $(BIN) --build $(BUILD)

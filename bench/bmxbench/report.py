@@ -1,0 +1,262 @@
+"""bench/results/*.md: the table (median, min, max, ratio), the targets of
+issue 8, the machine and the versions."""
+
+import collections
+import os
+import platform
+import subprocess
+import time
+
+from .common import fmt_num, summarize
+from . import systems
+
+
+def sh(cmd):
+    cp = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL)
+    return cp.stdout.decode("utf-8", "replace").strip()
+
+
+def machine():
+    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    mem = sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")
+    disk = sh("findmnt -no SOURCE,FSTYPE,OPTIONS -T /tmp")
+    dev = disk.split()[0] if disk else ""
+    base = os.path.basename(dev)
+    rot = sh("cat /sys/block/%s/queue/rotational 2>/dev/null" % base)
+    model = sh("cat /sys/block/%s/device/model 2>/dev/null" % base) or \
+        sh("lsblk -dno MODEL %s 2>/dev/null" % dev)
+    sched = sh("cat /sys/block/%s/queue/scheduler 2>/dev/null" % base)
+    return [
+        ("nproc", sh("nproc")),
+        ("CPU", cpu),
+        ("memory", mem),
+        ("kernel", platform.release() + " " + platform.machine()),
+        ("OS", sh(". /etc/os-release && echo $PRETTY_NAME")),
+        ("spool disk (/tmp)", "%s; rotational=%s%s%s" % (
+            disk, rot or "?", ", model " + model if model else "",
+            ", scheduler " + sched if sched else "")),
+        ("virtualization", sh("systemd-detect-virt 2>/dev/null") or "unknown"),
+        ("load average at the end", sh("cat /proc/loadavg")),
+    ]
+
+
+def versions():
+    v = [("backupmx", systems.Backupmx.version()),
+         ("fetchd", sh(os.path.join(systems.BIN, "fetchd") + " -V | head -1")),
+         ("Postfix (backup MX, smtp-source, smtp-sink)", systems.pkg_version("postfix")),
+         ("OpenSMTPD (unpacked .deb)", systems.opensmtpd_version()),
+         ("Dovecot", systems.pkg_version("dovecot-core")),
+         ("fetchmail", systems.pkg_version("fetchmail")),
+         ("getmail6", systems.pkg_version("getmail6")),
+         ("Python", platform.python_version()),
+         ("cc", sh("${CC:-cc} --version | head -1"))]
+    return v
+
+
+def ref_for(r):
+    """The row a ratio is taken against: backupmx for the MTAs, fetchd
+    (same protocol; SMTP for the SMTP/LMTP pullers, MDA for MDA) for the
+    pullers."""
+    if r["workload"].startswith("drain"):
+        client, rest = r["system"].split(" ", 1)
+        proto, dest = rest.split("->")
+        return "fetchd %s->%s" % (proto, "mda" if dest == "mda" else "smtp")
+    if r["workload"].startswith("disk"):
+        return None
+    if "(TLS)" in r["system"]:
+        return "backupmx (TLS)"
+    return "backupmx"
+
+
+def ratio(better, ref, val):
+    """How many times better the reference (backupmx/fetchd) is: > 1 means
+    it wins."""
+    if ref is None or val is None or ref == 0 or val == 0:
+        return None
+    return ref / val if better == "higher" else val / ref
+
+
+def aggregate(rows):
+    groups = collections.OrderedDict()
+    for r in rows:
+        key = (r["workload"], r["metric"], r["system"])
+        groups.setdefault(key, []).append(r)
+    out = collections.OrderedDict()
+    for (wl, metric, system), rs in groups.items():
+        s = summarize([x["value"] for x in rs])
+        out[(wl, metric, system)] = dict(
+            workload=wl, metric=metric, system=system, unit=rs[0]["unit"],
+            better=rs[0]["better"], runs=len(rs), med=s[0], min=s[1], max=s[2],
+            n=rs[0]["n"], extra=rs[-1]["extra"])
+    return out
+
+
+def table(agg):
+    lines = ["| workload | metric | system | runs | median | min | max | unit | ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, a in agg.items():
+        ref = ref_for(a)
+        refa = agg.get((a["workload"], a["metric"], ref)) if ref else None
+        rt = ratio(a["better"], refa["med"] if refa else None, a["med"])
+        lines.append("| %s | %s | %s | %d | **%s** | %s | %s | %s | %s |" % (
+            a["workload"], a["metric"], a["system"], a["runs"], fmt_num(a["med"]),
+            fmt_num(a["min"]), fmt_num(a["max"]), a["unit"],
+            ("%.2fx" % rt) if rt is not None else ""))
+    return "\n".join(lines)
+
+
+def med(agg, wl_prefix, metric, system):
+    for (wl, m, s), a in agg.items():
+        if wl.startswith(wl_prefix) and m == metric and s == system:
+            return a["med"]
+    return None
+
+
+def targets(agg, cfg):
+    out = []
+
+    def check(label, value, goal, fmt="%.2fx"):
+        if value is None:
+            out.append("| %s | not measured | %s | - |" % (label, goal[1]))
+            return
+        ok = value >= goal[0] if goal[2] == ">=" else value <= goal[0]
+        out.append("| %s | %s | %s | %s |" % (label, fmt % value, goal[1],
+                                              "met" if ok else "**MISSED**"))
+
+    def rate_ratio(wl, metric, a, b, inverse=False):
+        x, y = med(agg, wl, metric, a), med(agg, wl, metric, b)
+        if not x or not y:
+            return None
+        return y / x if inverse else x / y
+
+    s20, n20, l20 = cfg["intake"][0][:3]
+    s1, n1, l1 = cfg["intake"][1][:3]
+    sL, nL, lL = cfg["intake"][2][:3]
+    w20 = "intake -s %d -m %d -l %d" % (s20, n20, l20)
+    w1 = "intake -s %d -m %d -l %d" % (s1, n1, l1)
+    wL = "intake -s %d -m %d -l %d" % (sL, nL, lL)
+    out.append("| target | measured | goal | |")
+    out.append("|---|---|---|---|")
+    check("intake 20 sessions vs Postfix", rate_ratio(w20, "accept rate", "backupmx", "postfix"), (5, ">= 5x", ">="))
+    check("intake 20 sessions vs OpenSMTPD (shim)", rate_ratio(w20, "accept rate", "backupmx", "opensmtpd"), (2, ">= 2x", ">="))
+    for w, lab in ((w1, "1 session"), (wL, "100 KB")):
+        check("intake %s vs Postfix" % lab, rate_ratio(w, "accept rate", "backupmx", "postfix"), (2, ">= 2x", ">="))
+        check("intake %s vs OpenSMTPD" % lab, rate_ratio(w, "accept rate", "backupmx", "opensmtpd"), (2, ">= 2x", ">="))
+    for w, lab in ((w20, "20 sessions"), (w1, "1 session"), (wL, "100 KB")):
+        check("CPU per message vs Postfix, %s" % lab,
+              rate_ratio(w, "CPU per 1000 msgs", "backupmx", "postfix", inverse=True),
+              (10, ">= 10x less", ">="))
+    for w, lab in ((w20, "20 sessions"), (w1, "1 session"), (wL, "100 KB")):
+        check("daemon's own CPU per message vs Postfix's, %s" % lab,
+              rate_ratio(w, "daemon CPU per 1000 msgs", "backupmx", "postfix", inverse=True),
+              (10, ">= 10x less", ">="))
+    check("flush to smtp-sink vs Postfix",
+          rate_ratio("flush", "flush rate", "backupmx", "postfix"), (2, ">= 2x", ">="))
+    best_fd = max([v for v in (med(agg, "drain", "drain rate", "fetchd %s->%s" % (p, d))
+                               for p in ("imap", "pop3") for d in ("smtp", "lmtp"))
+                   if v] or [0]) or None
+    gm = med(agg, "drain", "drain rate", "getmail imap->lmtp")
+    fm = max([v for v in (med(agg, "drain", "drain rate", "fetchmail %s->smtp" % p)
+                          for p in ("imap", "pop3")) if v] or [0]) or None
+    check("drain: fetchd best SMTP/LMTP vs getmail IMAP->LMTP",
+          best_fd / gm if best_fd and gm else None, (5, ">= 5x", ">="))
+    check("drain: fetchd best SMTP/LMTP vs fetchmail's best SMTP",
+          best_fd / fm if best_fd and fm else None, (50, ">= 50x", ">="))
+    check("drain: fetchd POP3->MDA vs fetchmail POP3->MDA",
+          rate_ratio("drain", "drain rate", "fetchd pop3->mda", "fetchmail pop3->mda"),
+          (2, ">= 2x", ">="))
+    for (wl, m, s), a in agg.items():
+        if wl.startswith("10000 idle SMTP sessions") and m == "PSS total" and s == "backupmx":
+            check("10,000 idle plain SMTP sessions, total PSS", a["med"],
+                  (100, "< 100 MiB", "<="), "%.1f MiB")
+    fs = med(agg, "disk", "fdatasync (4 KiB appends)", "disk")
+    bmx = med(agg, w20, "accept rate", "backupmx")
+    if fs and bmx:
+        out.append("| backupmx intake (20 sessions) / disk fdatasync rate | %.2fx | > 1x (group commit) | %s |"
+                   % (bmx / fs, "met" if bmx > fs else "**MISSED**"))
+    return "\n".join(out)
+
+
+def render(rows, failures, notes, rounds, quick, elapsed, cfg, mtas):
+    agg = aggregate(rows)
+    parts = []
+    parts.append("# backupmx benchmarks%s\n" % (" (QUICK: tiny sizes, smoke test only -- "
+                                                 "the numbers mean nothing)" if quick else ""))
+    parts.append("Generated by `bench/run%s` on %s in %.0f s; %d round%s, the systems "
+                 "alternating within each round (A/B/C, A/B/C, ...). One fresh state "
+                 "directory per system and run, all on 127.0.0.1.\n"
+                 % (" --quick" if quick else "", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    elapsed, rounds, "" if rounds == 1 else "s"))
+    if failures:
+        parts.append("## FAILURES (no number is reported for these)\n")
+        parts.extend("- %s" % f for f in failures)
+        parts.append("")
+    parts.append("## Results\n")
+    parts.append("ratio = how many times better backupmx (the MTA rows) or fetchd "
+                 "(the drain rows: same protocol, SMTP for SMTP/LMTP clients, MDA for MDA) "
+                 "is than that row: reference / row for rates, row / reference for "
+                 "CPU and memory. > 1 means backupmx/fetchd wins.\n")
+    parts.append(table(agg))
+    parts.append("")
+    parts.append("## Targets of issue 8\n")
+    parts.append(targets(agg, cfg))
+    parts.append("")
+    parts.append("Where a target is missed, `bench/results/ANALYSIS.md` says what the "
+                 "profile shows is the limit.\n")
+    parts.append("## Method\n")
+    parts.append(METHOD.strip())
+    parts.append("")
+    if notes:
+        parts.append("## Notes\n")
+        parts.extend("- %s" % n for n in notes)
+        parts.append("")
+    parts.append("## Details of the last run of each row\n")
+    for a in agg.values():
+        if a["extra"] and not a["extra"].startswith("whole machine") \
+                and not a["extra"].startswith("delivered") \
+                and not a["extra"].startswith("the puller"):
+            parts.append("- %s / %s / %s: %s" % (a["workload"], a["system"], a["metric"], a["extra"]))
+    parts.append("")
+    parts.append("## Machine\n")
+    parts.extend("- %s: %s" % kv for kv in machine())
+    parts.append("")
+    parts.append("## Versions\n")
+    parts.extend("- %s: %s" % kv for kv in versions())
+    parts.append("")
+    return "\n".join(parts)
+
+
+METHOD = """
+- **Intake** (primary down): `smtp-source -s S -m N -l L -f a@b.test -t user@example.test`
+  into each backup MX, whose primary port is not listening. Rate = N / smtp-source's wall
+  time (every message acknowledged with 250). CPU = whole-machine busy CPU from /proc/stat
+  (user+nice+system+irq+softirq+steal) from the start until the queue holds all N (Postfix:
+  also until qmgr has emptied incoming/), minus smtp-source's own user+sys (wait4), per
+  1000 messages. "daemon CPU" is the system's own process tree instead (utime + stime
+  + cutime + cstime from /proc over the master/daemon and its children): the machine is
+  shared with other sessions' test runs, which the whole-machine figure also counts.
+  Durability: backupmx answers 250 after its group commit (fdatasync of the
+  BDB log, message bodies fsync'd); Postfix's cleanup and OpenSMTPD's queue_fs fsync each
+  message before 250. Checked afterwards: backupmx `qtool SPOOL count` after stopping the
+  daemon, Postfix `postqueue -p`, OpenSMTPD the message directories in its queue; fewer
+  than N is a FAIL.
+- **Flush**: after each 20-session intake, start `smtp-sink -u postfix -c 127.0.0.1:PORT 1000`
+  on the primary's port and trigger the queue run (backupmx: `bmxq flush all`, Postfix:
+  `postqueue -f`); time from the sink's start until the queue is empty (`bmxq stats` /
+  no queue files), then the sink's counter must reach N. Both systems at their default
+  delivery concurrency (backupmx 4 connections per destination, Postfix 20).
+- **Drain**: "client CPU" is the puller's own user+sys including the MDA processes it
+  reaped (wait4). N messages of ~4 KB put into one Maildir of a private Dovecot (plaintext
+  POP3/IMAP on loopback, index built before the clock starts); each client fetches and
+  deletes all of them, delivering to one `smtp-sink` (SMTP), one `smtp-sink -L` (LMTP) or
+  an MDA `sh -c 'cat >/dev/null && echo >> COUNT'` (one line per delivery). Checked: the
+  Maildir is empty and the sink counter (or COUNT) grew by N. fetchmail's SMTP forwarding
+  runs fewer messages (it stalls ~44 ms per message: BASELINES.md (c)).
+- **Floor**: `bench/fsyncbench.c` on the spool's filesystem: 4 KiB appends + fdatasync,
+  create + 4 KiB + fsync + close, 1 MiB sequential writes + one fsync.
+- **Idle sessions**: open N TCP sessions one after another, read each 220 banner (TLS:
+  EHLO, STARTTLS, handshake), hold them 2 s, sum PSS (and RSS) from
+  /proc/PID/smaps_rollup over the daemon's whole process tree. Postfix with
+  `default_process_limit` raised above N (one smtpd per session).
+"""
