@@ -92,28 +92,6 @@ static void lower(char *s)
  * Syntax of names
  */
 
-static bool valid_domain(const char *name)
-{
-    size_t len = strlen(name), label = 0;
-    if (len == 0 || len > 253)
-        return false;
-    for (size_t i = 0; i <= len; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (c == '.' || c == '\0') {
-            if (label == 0 || label > 63 || name[i - 1] == '-')
-                return false;
-            label = 0;
-            continue;
-        }
-        if (!isalnum(c) && c != '-')
-            return false;
-        if (label == 0 && c == '-')
-            return false;
-        label++;
-    }
-    return true;
-}
-
 static bool is_ip(const char *s)
 {
     unsigned char a[16];
@@ -122,7 +100,7 @@ static bool is_ip(const char *s)
 
 static bool valid_host(const char *s)
 {
-    return is_ip(s) || valid_domain(s);
+    return is_ip(s) || conf_valid_domain(s);
 }
 
 static int parse_port(const char *s)
@@ -308,29 +286,6 @@ static void load_target(const struct confsec *s, struct fd_target *t)
  * Accounts
  */
 
-static char *normalize_fingerprint(const char *v)
-{
-    const char *p = v;
-    if (strncasecmp(p, "sha256:", 7) == 0)
-        p += 7;
-    char *out = xcalloc(strlen(p) + 1, 1);
-    size_t n = 0;
-    for (; *p; p++) {
-        if (*p == ':')
-            continue;
-        if (!isxdigit((unsigned char)*p)) {
-            free(out);
-            return NULL;
-        }
-        out[n++] = (char)tolower((unsigned char)*p);
-    }
-    if (n != 64) {
-        free(out);
-        return NULL;
-    }
-    return out;
-}
-
 /* The first line of FILE, which must not be readable by everyone. */
 static char *read_password_file(const struct confsec *s, const char *file)
 {
@@ -384,6 +339,12 @@ static void load_password(const struct confsec *s, struct fd_account *a)
         confsec_error(s, "password", confsec_line(s), "missing (or password_file)");
 }
 
+static char *normalize_fingerprint(const char *v)
+{
+    char hex[65];
+    return conf_sha256_hex(v, false, hex) ? xstrdup(hex) : NULL;
+}
+
 static void load_tls(const struct confsec *s, struct fd_account *a)
 {
     a->tls = confsec_enum(s, "tls", tls_names, FTLS_IMPLICIT);
@@ -427,7 +388,7 @@ static void load_routing(const struct confsec *s, struct fd_account *a)
         size_t len = strlen(d);
         if (len > 0 && d[len - 1] == '.')
             d[len - 1] = '\0';
-        if (!valid_domain(d))
+        if (!conf_valid_domain(d))
             confsec_error(s, "localdomains", confsec_item_line(s, "localdomains", i),
                           "'%s' is not a domain name", d);
         a->localdomains[a->nlocaldomains++] = d;

@@ -1239,3 +1239,45 @@ int confsec_pair_line(const struct confsec *s, const char *name, size_t k)
     int e = pair_ent(s, name, k);
     return e >= 0 ? s->doc->ent[e].line : confsec_line(s);
 }
+
+/* ---- value syntax shared by the programs' configs ------------------------ */
+
+bool conf_valid_domain(const char *name)
+{
+    size_t len = strlen(name), label = 0;
+    if (len == 0 || len > 253)
+        return false;
+    for (size_t i = 0; i <= len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c == '.' || c == '\0') {
+            if (label == 0 || label > 63 || name[i - 1] == '-')
+                return false;
+            label = 0;
+            continue;
+        }
+        if (!isalnum(c) && c != '-')
+            return false;
+        if (label == 0 && c == '-')
+            return false;
+        label++;
+    }
+    return true;
+}
+
+bool conf_sha256_hex(const char *v, bool need_prefix, char out[65])
+{
+    if (strncasecmp(v, "sha256:", 7) == 0)
+        v += 7;
+    else if (need_prefix)
+        return false;
+    size_t n = 0;
+    for (; *v; v++) {
+        if (*v == ':')
+            continue;
+        if (!isxdigit((unsigned char)*v) || n == 64)
+            return false;
+        out[n++] = (char)tolower((unsigned char)*v);
+    }
+    out[n] = '\0';
+    return n == 64;
+}

@@ -113,4 +113,11 @@ char *conf_xstrndup(const char *s, size_t n);
 char *conf_xstrdup(const char *s);     /* NULL for NULL */
 char *conf_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Letters, digits and hyphens in dot-separated labels of 1-63 characters,
+ * at most 253 in all (no trailing dot). */
+bool conf_valid_domain(const char *name);
+/* A SHA-256 fingerprint ("sha256:" prefix, optional unless NEED_PREFIX;
+ * colons allowed) as 64 lower-case hex digits in OUT. */
+bool conf_sha256_hex(const char *v, bool need_prefix, char out[65]);
+
 #endif

@@ -168,31 +168,6 @@ static void get_list(const struct confsec *s, const char *name, const char *cons
 /* ------------------------------------------------------------------------
  * Syntax of names and addresses
  */
-
-/* Letters, digits and hyphens in dot-separated labels of 1-63 characters,
- * at most 253 in all; NAME is already without its trailing dot. */
-static bool valid_domain(const char *name)
-{
-    size_t len = strlen(name), label = 0;
-    if (len == 0 || len > 253)
-        return false;
-    for (size_t i = 0; i <= len; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (c == '.' || c == '\0') {
-            if (label == 0 || label > 63 || name[i - 1] == '-')
-                return false;
-            label = 0;
-            continue;
-        }
-        if (!isalnum(c) && c != '-')
-            return false;
-        if (label == 0 && c == '-')
-            return false;
-        label++;
-    }
-    return true;
-}
-
 /* Lower case without one trailing dot: how domains are stored and compared. */
 static char *normalize_domain(const char *name)
 {
@@ -274,7 +249,7 @@ static const char *check_hostport(const char *s, enum host_kind kind, bool need_
         return "not an IPv6 address inside [ ]";
     if (!bracketed && kind == HOST_IP && !is_ipv4(host))
         return "not an IP address";
-    if (!bracketed && !is_ipv4(host) && !valid_domain(host))
+    if (!bracketed && !is_ipv4(host) && !conf_valid_domain(host))
         return "not a valid host name or IP address";
     if (port != NULL && !valid_port(port))
         return "the port must be a number from 1 to 65535";
@@ -342,7 +317,7 @@ static void load_top(struct confsec *s, struct bmx_config *c)
     c->hostname = confsec_str(s, "hostname", NULL);
     if (c->hostname != NULL) {
         char *n = normalize_domain(c->hostname);
-        if (!valid_domain(n))
+        if (!conf_valid_domain(n))
             confsec_opt_error(s, "hostname", "'%s' is not a valid host name", c->hostname);
         free(c->hostname);
         c->hostname = n;
@@ -530,26 +505,10 @@ static const char *const mode_names[] = { "relay", "catchall", NULL };
 static const char *const unverified_names[] = { "tempfail", "accept", NULL };
 static const char *const tlsout_names[] = { "may", "encrypt", "verify", "fingerprint", NULL };
 static const char *const tlsin_names[] = { "none", "starttls", "implicit", NULL };
-
-/* "sha256:" and 32 bytes of hex, colons between bytes allowed; stored as
- * "sha256:" and 64 lower-case hex digits. */
 static char *normalize_fingerprint(const char *v)
 {
-    if (strncasecmp(v, "sha256:", 7) != 0)
-        return NULL;
     char hex[65];
-    size_t n = 0;
-    for (const char *p = v + 7; *p; p++) {
-        if (*p == ':')
-            continue;
-        if (!isxdigit((unsigned char)*p) || n == 64)
-            return NULL;
-        hex[n++] = (char)tolower((unsigned char)*p);
-    }
-    if (n != 64)
-        return NULL;
-    hex[n] = '\0';
-    return conf_xasprintf("sha256:%s", hex);
+    return conf_sha256_hex(v, true, hex) ? conf_xasprintf("sha256:%s", hex) : NULL;
 }
 
 static void load_domain_tls(struct confsec *s, struct bmx_domain *d)
@@ -604,7 +563,7 @@ static void load_domain(struct confsec *s, struct bmx_domain *d, const struct bm
 {
     d->line = confsec_line(s);
     d->name = normalize_domain(cfg_title(s->cfg));
-    if (!valid_domain(d->name))
+    if (!conf_valid_domain(d->name))
         confdoc_report(s->doc, d->line, "%s: not a valid domain name", s->desc);
     d->mode = (enum domain_mode)confsec_enum(s, "mode", mode_names, MODE_RELAY);
     get_list(s, "primary", NULL, &d->primary);
