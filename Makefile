@@ -219,6 +219,14 @@ deb:
 	    cp $$f .; echo "deb: ./$$(basename $$f)"; \
 	done
 
+# libFuzzer targets (clang): each fuzzes for FUZZ_SECONDS; make check runs
+# them over their corpora only.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz:
+	tests/fuzz/run.sh build
+	tests/fuzz/run.sh fuzz $(FUZZ_SECONDS)
+
 # Side-by-side benchmarks (not part of make check): bench/results/LATEST.md.
 .PHONY: bench bench-quick bench-deps
 bench-deps:

@@ -101,6 +101,13 @@ for bin in $variants; do
         python3 tests/integration/run.py --bin "$bin" --build "$build"
 done
 
+# d) fuzz targets over their committed corpora (regression; `make fuzz`
+#    fuzzes for real). One build variant: libFuzzer targets are ASan builds.
+if [ -z "${BMX_VARIANTS:-}" ] || [ "${BMX_VARIANTS}" != "bin" ]; then
+    run_suite "[fuzz] " "fuzz build" sh -c 'tests/fuzz/run.sh build >/dev/null && echo "ok 1 - fuzz targets build"'
+    run_suite "[fuzz] " "fuzz regress" timeout -k 10 600 tests/fuzz/run.sh regress
+fi
+
 for p in "${problems[@]}"; do
     echo "# FAILED: $p"
 done
