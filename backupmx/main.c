@@ -176,11 +176,12 @@ static int run(const struct opts *o, struct bmx_config *cfg)
     rc = 0;
 out:
     smtp_server_shutdown(&srv);
-    /* Let the last group commit finish: its callbacks free dead sessions. */
-    event_base_loop(srv.base, EVLOOP_NONBLOCK);
+    /* Delivery stops before the loop runs again: a NONBLOCK pass keeps going
+     * while callbacks are active, and would drain the whole queue first. */
     control_free(ctl);
     scheduler_free(srv.sched);
     dns_free(dns);
+    /* Let the last group commit finish: its callbacks free dead sessions. */
     event_base_loop(srv.base, EVLOOP_NONBLOCK);
     if (srv.verify != NULL) {
         verify_free(srv.verify);
