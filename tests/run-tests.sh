@@ -19,6 +19,7 @@ passed=0
 failed=0
 skipped=0
 problems=()
+failures=()
 
 sanitizer_re='ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:'
 out=$(mktemp /tmp/bmx-run-tests.XXXXXX)
@@ -51,6 +52,10 @@ run_suite() {
         fi
     else
         problems+=("${prefix}${name}: ${notok} failed")
+        # Named again at the end: CI shows only the tail of the output.
+        while IFS= read -r line; do
+            failures+=("${prefix}${line}")
+        done < <(grep -E '^not ok( |$)' "$out" | head -20)
     fi
 }
 
@@ -108,6 +113,9 @@ if [ -z "${BMX_VARIANTS:-}" ] || [ "${BMX_VARIANTS}" != "bin" ]; then
     run_suite "[fuzz] " "fuzz regress" timeout -k 10 600 tests/fuzz/run.sh regress
 fi
 
+for f in "${failures[@]}"; do
+    echo "# $f"
+done
 for p in "${problems[@]}"; do
     echo "# FAILED: $p"
 done

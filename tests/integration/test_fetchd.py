@@ -484,15 +484,18 @@ class Concurrency(FetchdCase):
         self.assertTrue(set(before) <= after_names)
 
     def test_kill9_twenty_runs(self):
-        """Mail keeps arriving; fetchd is killed at a random moment in each
-        of 20 runs. Afterwards every message arrived, duplicates <= kills."""
+        """Mail keeps arriving; fetchd is killed at a random moment of a run
+        until 20 runs were killed mid-way (a run that finished before its
+        kill does not count). Afterwards every message arrived, duplicates
+        <= kills."""
         conf = self.config("imap", "starttls", account_extra="batch_count = 10")
         rnd = random.Random(os.getpid())
-        tags, kills = self.fill(30, size=600, prefix="k0-"), 0
-        for run in range(20):
-            tags += self.fill(8, size=600, prefix="k%d-" % (run + 1))
+        tags, kills, runs = self.fill(30, size=600, prefix="k0-"), 0, 0
+        while kills < 20 and runs < 100:
+            runs += 1
+            tags += self.fill(8, size=600, prefix="k%d-" % runs)
             p = self.start_fetchd(conf, "-1")
-            time.sleep(rnd.uniform(0.02, 0.4))
+            time.sleep(rnd.uniform(0.02, 0.3))
             if p.poll() is None:
                 p.kill()
                 kills += 1
@@ -505,7 +508,7 @@ class Concurrency(FetchdCase):
         missing = [t for t in tags if counts.get(t, 0) == 0]
         self.assertEqual(missing, [])
         dups = sum(c - 1 for c in counts.values())
-        self.assertGreater(kills, 10)
+        self.assertEqual(kills, 20, "only %d of %d runs were still running at their kill" % (kills, runs))
         self.assertLessEqual(dups, kills, "%d duplicates after %d kills" % (dups, kills))
         self.assertEqual(self.dv.count(self.box), 0)
 
