@@ -16,59 +16,14 @@
 #include <event2/util.h>
 
 #include "log.h"
+#include "ipcount.h"
+#include "netlisten.h"
 #include "smtp_session.h"
-
-#define IPCOUNT_BUCKETS 1024
-#define LISTEN_BACKLOG 1024
-
-struct ipentry {
-    struct ipentry *next;
-    unsigned count;
-    char ip[INET6_ADDRSTRLEN];
-};
-
-struct ipcount {
-    struct ipentry *bucket[IPCOUNT_BUCKETS];
-};
-
-static unsigned ip_hash(const char *ip)
-{
-    unsigned h = 2166136261u;    /* FNV-1a */
-    for (; *ip; ip++)
-        h = (h ^ (unsigned char)*ip) * 16777619u;
-    return h % IPCOUNT_BUCKETS;
-}
-
-static struct ipentry **ip_find(struct ipcount *t, const char *ip)
-{
-    struct ipentry **e = &t->bucket[ip_hash(ip)];
-    while (*e != NULL && strcmp((*e)->ip, ip) != 0)
-        e = &(*e)->next;
-    return e;
-}
-
-/* Returns the client's connection count including this one, 0 on ENOMEM. */
-static unsigned ip_acquire(struct ipcount *t, const char *ip)
-{
-    struct ipentry **e = ip_find(t, ip);
-    if (*e == NULL) {
-        *e = calloc(1, sizeof **e);
-        if (*e == NULL)
-            return 0;
-        snprintf((*e)->ip, sizeof (*e)->ip, "%s", ip);
-    }
-    return ++(*e)->count;
-}
 
 void smtp_server_release(struct smtp_server *srv, const char *ip)
 {
     srv->nconn--;
-    struct ipentry **e = ip_find(srv->perip, ip);
-    if (*e == NULL || --(*e)->count > 0)
-        return;
-    struct ipentry *dead = *e;
-    *e = dead->next;
-    free(dead);
+    ipcount_release(srv->perip, ip);
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
@@ -76,13 +31,10 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 {
     (void)l;
     struct smtp_server *srv = arg;
-    char ip[INET6_ADDRSTRLEN] = "";
-    if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
-    else
-        inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, ip, sizeof ip);
+    char ip[INET6_ADDRSTRLEN];
+    net_ntop(sa, ip, sizeof ip);
     srv->nconn++;
-    unsigned mine = ip_acquire(srv->perip, ip);
+    unsigned mine = ipcount_acquire(srv->perip, ip);
     const char *refuse = NULL;
     char buf[300];
     if (mine == 0) {
@@ -100,52 +52,11 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
     smtp_session_start(srv, fd, sa, (socklen_t)salen, refuse);
 }
 
-static void accept_error_cb(struct evconnlistener *l, void *arg)
-{
-    (void)l;
-    (void)arg;
-    /* EMFILE and friends: keep serving what we have; the kernel queues the rest. */
-    log_warn("accept: %s", strerror(errno));
-}
-
-/* "[::]:25" must not also take the IPv4 port: "0.0.0.0:25" is listed
- * separately, so IPv6 sockets are v6-only. */
-static evutil_socket_t listen_socket(const struct sockaddr *sa, socklen_t len)
-{
-    evutil_socket_t fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    int on = 1;
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0
-        || (sa->sa_family == AF_INET6
-            && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) != 0)
-        || bind(fd, sa, len) != 0) {
-        int e = errno;
-        evutil_closesocket(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
-}
-
 static int bind_one(struct smtp_server *srv, const char *addr)
 {
-    struct sockaddr_storage ss;
-    int len = sizeof ss;
-    if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &len) != 0) {
-        log_err("listen %s: not an address:port", addr);
+    struct evconnlistener *l = net_listen(srv->base, addr, accept_cb, srv);
+    if (l == NULL)
         return -1;
-    }
-    evutil_socket_t fd = listen_socket((struct sockaddr *)&ss, (socklen_t)len);
-    struct evconnlistener *l = fd < 0 ? NULL : evconnlistener_new(
-        srv->base, accept_cb, srv, LEV_OPT_CLOSE_ON_FREE, LISTEN_BACKLOG, fd);
-    if (l == NULL) {
-        log_err("cannot listen on %s: %s", addr, strerror(errno));
-        if (fd >= 0)
-            evutil_closesocket(fd);
-        return -1;
-    }
-    evconnlistener_set_error_cb(l, accept_error_cb);
     srv->listeners[srv->nlisteners++] = l;
     log_info("listening on %s", addr);
     return 0;
@@ -154,7 +65,7 @@ static int bind_one(struct smtp_server *srv, const char *addr)
 int smtp_server_bind(struct smtp_server *srv)
 {
     const struct strlist *ls = &srv->cfg->listen;
-    srv->perip = calloc(1, sizeof *srv->perip);
+    srv->perip = ipcount_new();
     srv->listeners = calloc(ls->n + 1, sizeof *srv->listeners);
     if (srv->perip == NULL || srv->listeners == NULL)
         return -1;
@@ -174,15 +85,6 @@ void smtp_server_shutdown(struct smtp_server *srv)
     srv->listeners = NULL;
     srv->nlisteners = 0;
     smtp_session_free_all(srv);
-    if (srv->perip != NULL) {
-        for (size_t b = 0; b < IPCOUNT_BUCKETS; b++) {
-            while (srv->perip->bucket[b] != NULL) {
-                struct ipentry *e = srv->perip->bucket[b];
-                srv->perip->bucket[b] = e->next;
-                free(e);
-            }
-        }
-        free(srv->perip);
-        srv->perip = NULL;
-    }
+    ipcount_free(srv->perip);
+    srv->perip = NULL;
 }
