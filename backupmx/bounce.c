@@ -386,7 +386,10 @@ static void fmt_date(int64_t t, char out[64])
     static const char *const wd[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     static const char *const mo[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    time_t tt = (time_t)t;
+    /* A time stamp from a damaged record must still give an RFC 5322
+     * date: four-digit years only (and no int overflow in tm_year). */
+    const int64_t last = 253402300799;        /* 9999-12-31T23:59:59Z */
+    time_t tt = (time_t)(t < 0 ? 0 : t > last - 86400 ? last - 86400 : t);
     struct tm tm;
     if (localtime_r(&tt, &tm) == NULL) {
         tt = 0;

@@ -127,11 +127,35 @@ struct confdoc {
     size_t nprob, capprob;
 };
 
+/* A problem is one line of output ("FILE:LINE: message"), also when the
+ * message quotes a value with a newline or another control character in
+ * it (from the file, or from an escape such as "\n"): those are written
+ * as \xNN. */
+static char *escape_controls(char *msg)
+{
+    size_t n = 0;
+    for (const char *p = msg; *p; p++)
+        n += iscntrl((unsigned char)*p) ? 4 : 1;
+    char *out = malloc(n + 1), *o = out;
+    if (out == NULL)
+        return msg;
+    for (const char *p = msg; *p; p++) {
+        if (iscntrl((unsigned char)*p))
+            o += sprintf(o, "\\x%02x", (unsigned)(unsigned char)*p);
+        else
+            *o++ = *p;
+    }
+    *o = '\0';
+    free(msg);
+    return out;
+}
+
 static void vreport(struct confdoc *L, int line, const char *fmt, va_list ap)
 {
     char *msg = NULL;
     if (vasprintf(&msg, fmt, ap) < 0)
         msg = conf_xstrdup("out of memory");
+    msg = escape_controls(msg);
     grow((void **)&L->prob, &L->capprob, L->nprob, sizeof *L->prob);
     L->prob[L->nprob] = (struct problem){ line, L->nprob, msg };
     L->nprob++;
@@ -389,11 +413,14 @@ static size_t lex_quoted(struct confdoc *L, size_t i, int *line)
 }
 
 /* ${VAR} outside quotes is an environment substitution in libconfuse. */
-static size_t lex_env(struct confdoc *L, size_t i, int line)
+/* The token keeps the line it starts on; the lines inside it still count. */
+static size_t lex_env(struct confdoc *L, size_t i, int *line)
 {
     const char *end = strchr(L->src + i, '}');
     size_t j = end ? (size_t)(end - L->src) + 1 : L->len;
-    add_token(L, T_STR, line, i, j, conf_xstrndup(L->src + i, j - i));
+    add_token(L, T_STR, *line, i, j, conf_xstrndup(L->src + i, j - i));
+    for (size_t k = i; k < j; k++)
+        *line += L->src[k] == '\n';
     return j;
 }
 
@@ -430,7 +457,7 @@ static size_t lex_one(struct confdoc *L, size_t i, int *line)
         return i + 2;
     }
     if (c == '$' && s[i + 1] == '{')
-        return lex_env(L, i, *line);
+        return lex_env(L, i, line);
     enum tok_type t = punct_type(c);
     if (t != T_EOF) {
         add_token(L, t, *line, i, i + 1, NULL);

@@ -17,10 +17,6 @@
 # fixed (not part of `regress`, which must pass); once fixed, move each one
 # into corpus/<target>/ so that `regress` keeps it fixed.
 #
-# Until the config loader bug in crashes/fuzz_config/ is fixed, fuzz_config
-# stops at it within seconds; FUZZ_CONFIG_SKIP_ENV_NEWLINE=1 fuzzes on past
-# it (see that target).
-#
 # Environment: CLANG (default clang, else clang-14), FUZZ_OUT (default
 # build-fuzz), FUZZ_FLAGS (extra libFuzzer flags for `fuzz`).
 set -u
