@@ -7,7 +7,17 @@
  * handler of the current state. The envelope and body go out byte for byte
  * as stored (dot-stuffed on the wire). A recipient is recorded as sent only
  * after the final 250 to the data; a connection lost before that defers
- * it (a duplicate is possible, a loss is not: RFC 5321 6.1). */
+ * it (a duplicate is possible, a loss is not: RFC 5321 6.1).
+ *
+ * "The final 250" means the whole last line of a 2xx reply to the end of
+ * data, CRLF included. EOF, a reset, a timeout, half a line or a multi-line
+ * reply cut short all leave the message undelivered, even when the primary
+ * had stored it: it is sent again (RFC 1047's duplicate, chosen over a
+ * loss). A reply that is not well formed (no three digits 2-5, neither
+ * space nor hyphen after them, lines of one reply with different codes,
+ * a line over MTA_LINE_MAX, more than MTA_REPLY_LINES lines) and a reply
+ * nobody asked for end the connection the same way: the stream can no
+ * longer be trusted to pair replies with commands. */
 #include "sched_private.h"
 
 #include <arpa/inet.h>
@@ -31,6 +41,7 @@
 
 #define MTA_MAX_HOPS 16
 #define MTA_LINE_MAX 4096
+#define MTA_REPLY_LINES 100      /* EHLO replies are ~10 lines */
 #define MTA_CONNECT_TIMEOUT 30
 
 enum mta_state {
@@ -71,6 +82,9 @@ struct mta_conn {
     char relay[320];
     char reply[SCHED_REPLY_MAX]; /* the reply being read (lines joined) */
     size_t replylen;
+    unsigned replylines;         /* lines of it read so far */
+    char replycode[3];           /* its code, which every line must repeat */
+    unsigned pending;            /* replies owed to us (commands sent) */
     char last_error[SCHED_REPLY_MAX];
 };
 
@@ -91,6 +105,7 @@ static void send_line(struct mta_conn *c, const char *fmt, ...)
     evbuffer_add_vprintf(out, fmt, ap);
     va_end(ap);
     evbuffer_add(out, "\r\n", 2);
+    c->pending++;
 }
 
 static void set_timeout(struct mta_conn *c, int64_t secs)
@@ -240,6 +255,7 @@ static int send_body(struct mta_conn *c)
         evbuffer_add(out, "\r\n", 2);
     }
     evbuffer_add(out, ".\r\n", 3);
+    c->pending++;
     evbuffer_free(body);
     return 0;
 }
@@ -356,8 +372,20 @@ static void on_data(struct mta_conn *c, int code)
     }
     if (code == 354) {           /* nobody accepted, yet it wants data */
         evbuffer_add(bufferevent_get_output(c->bev), ".\r\n", 3);
+        c->pending++;
         c->state = M_DOT;
         c->accepted = 0;
+        return;
+    }
+    if (code < 400) {
+        /* A 2xx (or another 3xx) to DATA: no body went out, so it must not
+         * count for the recipients, and the peer's state is anyone's
+         * guess (a reply stream one behind looks just like this). */
+        char text[1024];
+        snprintf(text, sizeof text, "protocol error: host %s said \"%.300s\" in reply to DATA",
+                 c->relay, c->reply);
+        log_info("%s: %s: %s", c->job->env.id, c->d->name, text);
+        conn_abort(c, text);
         return;
     }
     /* The recipients it accepted still get DATA's refusal. */
@@ -574,6 +602,40 @@ static void dispatch_reply(struct mta_conn *c, int code)
     }
 }
 
+/* A reply line: three digits 2-5/0-9/0-9, then nothing, a space or a
+ * hyphen; a continuation repeats the first line's code. */
+static bool reply_line_ok(const struct mta_conn *c, const char *line, size_t n)
+{
+    if (n < 3 || n > MTA_LINE_MAX || line[0] < '2' || line[0] > '5')
+        return false;
+    for (int i = 1; i < 3; i++)
+        if (line[i] < '0' || line[i] > '9')
+            return false;
+    if (n > 3 && line[3] != ' ' && line[3] != '-')
+        return false;
+    return c->replylines == 0 || memcmp(line, c->replycode, 3) == 0;
+}
+
+/* Appends a line's text to c->reply (lines joined by a space, the code
+ * once). Bytes outside printable ASCII become '?': the text goes into our
+ * log and into DSNs, where a primary must not write control characters. */
+static void reply_append(struct mta_conn *c, const char *line, size_t n)
+{
+    size_t room = sizeof c->reply - c->replylen - 1;
+    size_t take = c->replylines == 0 ? n : (n > 4 ? n - 4 : 0);
+    const char *src = c->replylines == 0 ? line : line + 4;
+    if (c->replylines > 0 && room > 1 && take > 0) {
+        c->reply[c->replylen++] = ' ';
+        room--;
+    }
+    if (take > room)
+        take = room;
+    for (size_t i = 0; i < take; i++)
+        c->reply[c->replylen + i] = src[i] >= 0x20 && src[i] < 0x7f ? src[i] : '?';
+    c->replylen += take;
+    c->reply[c->replylen] = '\0';
+}
+
 /* Reads one whole (possibly multi-line) reply; false when incomplete. */
 static bool read_reply(struct mta_conn *c, struct evbuffer *in, int *code, bool *bad)
 {
@@ -584,39 +646,39 @@ static bool read_reply(struct mta_conn *c, struct evbuffer *in, int *code, bool 
             *bad = evbuffer_get_length(in) > MTA_LINE_MAX;
             return false;
         }
-        bool ok = n >= 3 && line[0] >= '2' && line[0] <= '5' && line[1] >= '0'
-                  && line[1] <= '9' && line[2] >= '0' && line[2] <= '9'
-                  && (n == 3 || line[3] == ' ' || line[3] == '-');
-        if (!ok || n > MTA_LINE_MAX) {
+        if (!reply_line_ok(c, line, n) || c->replylines >= MTA_REPLY_LINES) {
             free(line);
             *bad = true;
             return false;
         }
-        if (c->replylen == 0 && c->state == M_EHLO && n > 4) {
-            /* first line is the greeting name, not an extension */
-        } else if (c->state == M_EHLO && n > 4) {
-            parse_ehlo_line(c, line + 4);
+        if (c->replylines > 0 && c->state == M_EHLO && n > 4)
+            parse_ehlo_line(c, line + 4);   /* the first line is the name */
+        if (c->replylines == 0) {
+            memcpy(c->replycode, line, 3);
+            c->replylen = 0;
         }
-        size_t room = sizeof c->reply - c->replylen - 1;
-        size_t take = c->replylen == 0 ? n : (n > 4 ? n - 4 : 0);
-        const char *src = c->replylen == 0 ? line : line + 4;
-        if (c->replylen > 0 && room > 1 && take > 0) {
-            c->reply[c->replylen++] = ' ';
-            room--;
-        }
-        if (take > room)
-            take = room;
-        memcpy(c->reply + c->replylen, src, take);
-        c->replylen += take;
-        c->reply[c->replylen] = '\0';
+        reply_append(c, line, n);
+        c->replylines++;
         bool last = n == 3 || line[3] == ' ';
         *code = atoi(line);
         free(line);
         if (last) {
-            c->replylen = 0;
+            c->replylines = 0;
             return true;
         }
     }
+}
+
+/* The reply stream is unusable: before the session is established, try
+ * the next hop; after, end the connection (what is in flight is
+ * deferred). */
+static void reply_failed(struct mta_conn *c, const char *what)
+{
+    snprintf(c->reply, sizeof c->reply, "%s %s", what, c->relay);
+    if (c->state <= M_TLS)
+        hop_failed(c, "%s", c->reply);
+    else
+        conn_abort(c, c->reply);
 }
 
 static void read_cb(struct bufferevent *bev, void *arg)
@@ -629,17 +691,26 @@ static void read_cb(struct bufferevent *bev, void *arg)
         int code = 0;
         bool bad = false;
         if (!read_reply(c, in, &code, &bad)) {
-            if (bad) {
-                snprintf(c->reply, sizeof c->reply, "malformed reply from %s", c->relay);
-                if (c->state <= M_STARTTLS)
-                    hop_failed(c, "%s", c->reply);
-                else
-                    conn_abort(c, c->reply);
-            }
+            if (bad)
+                reply_failed(c, "malformed reply from");
             return;
         }
+        if (c->pending == 0) {
+            reply_failed(c, "reply to no command from");
+            return;
+        }
+        /* Bytes behind the last reply we were owed: the peer is ahead of
+         * us (or injects after STARTTLS). This reply still answers our
+         * last command; the connection ends after it. */
+        bool extra = --c->pending == 0 && evbuffer_get_length(in) > 0;
         dispatch_reply(c, code);
-        if (c->dead || c->state == M_TLS)
+        if (c->dead)
+            return;
+        if (extra) {
+            reply_failed(c, "more replies than commands from");
+            return;
+        }
+        if (c->state == M_TLS)
             return;
     }
 }
@@ -655,6 +726,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
             return;
         }
         c->state = M_GREETING;
+        c->pending = 1;          /* the greeting */
         set_timeout(c, c->s->cfg->limits.command_timeout);
         return;
     }
@@ -704,6 +776,8 @@ static void conn_next_hop(struct mta_conn *c)
     c->pipelining = c->starttls = c->smtputf8 = c->tls = false;
     c->maxsize = 0;
     c->replylen = 0;
+    c->replylines = 0;
+    c->pending = 0;
     c->bev = bufferevent_socket_new(c->s->base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) {
         dest_unreachable(c, "out of memory");

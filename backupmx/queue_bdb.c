@@ -184,6 +184,11 @@ static int env_configure(struct queue *q, size_t cache)
         ret = e->set_lg_bsize(e, QUEUE_LOG_BUFFER);
     if (ret == 0 && !q->readonly)
         ret = e->set_lg_max(e, QUEUE_LOG_FILE);
+    /* Region files are written whole when created, so a spool too full for
+     * them fails the open with ENOSPC instead of a SIGBUS on first touch;
+     * reserve_regions() covers their growth. */
+    if (ret == 0 && !q->readonly)
+        ret = e->set_flags(e, DB_REGION_INIT, 1);
     /* Log files go once a checkpoint no longer needs them; we give up
      * catastrophic recovery from archived logs, which a queue never does. */
     if (ret == 0 && !q->readonly)
@@ -228,6 +233,59 @@ static int env_open(struct queue *q, size_t cache)
                  now_seconds() - t0);
     free(home);
     return ret == 0 ? 0 : -1;
+}
+
+/* Berkeley DB maps each region file (__db.NNN) at its largest size but
+ * writes only its last page, at creation and whenever it grows: the rest is
+ * holes. Touching a hole when the filesystem is full is a SIGBUS, not an
+ * error, so a full spool used to kill the daemon. The blocks of every
+ * mapped region are therefore allocated now; a spool without room for them
+ * fails here, at start, with a message. KEEP_SIZE: a handle joining the
+ * environment (the flusher) checks the primary region's file size. */
+static int reserve_region(const char *path, uint64_t len)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        log_err("queue: open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)len);
+    int err = errno;
+    close(fd);
+    if (rc == 0 || err == EOPNOTSUPP)
+        return 0;                /* no fallocate here: nothing to gain */
+    log_err("queue: cannot reserve %llu KB for %s: %s",
+            (unsigned long long)(len >> 10), path, strerror(err));
+    return -1;
+}
+
+/* The mappings are learnt from /proc/self/maps: Berkeley DB does not say
+ * how large a region may grow. */
+static int reserve_regions(struct queue *q)
+{
+    char *home = spool_path(q, "db");
+    char *real = home ? realpath(home, NULL) : NULL;
+    FILE *f = real ? fopen("/proc/self/maps", "re") : NULL;
+    int rc = real ? 0 : -1;
+    if (real == NULL)
+        log_err("queue: %s/db: %s", q->spool, strerror(errno));
+    size_t hlen = real ? strlen(real) : 0;
+    char line[4096 + 128];
+    while (f != NULL && rc == 0 && fgets(line, sizeof line, f) != NULL) {
+        unsigned long lo, hi;
+        int off = 0;
+        if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %n", &lo, &hi, &off) < 2 || off == 0)
+            continue;
+        char *path = line + off;
+        path[strcspn(path, "\n")] = '\0';
+        if (strncmp(path, real, hlen) == 0 && strncmp(path + hlen, "/__db.", 6) == 0)
+            rc = reserve_region(path, hi - lo);
+    }
+    if (f != NULL)
+        fclose(f);
+    free(real);
+    free(home);
+    return rc;
 }
 
 static int db_open_one(struct queue *q, DB **dbp, const char *file,
@@ -342,7 +400,7 @@ struct queue *queue_open(const char *spool, const struct queue_opts *opts)
                                          : cache + 2 * (uint64_t)QUEUE_LOG_FILE;
     qid_gen_init(&q->ids);
     if (spool_dirs(q) < 0 || spool_lock(q) < 0 || env_open(q, cache) < 0 ||
-        dbs_open(q) < 0)
+        (!q->readonly && reserve_regions(q) < 0) || dbs_open(q) < 0)
         goto fail;
     if (!q->readonly && seed_ids(q) < 0)
         goto fail;

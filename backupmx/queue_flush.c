@@ -171,6 +171,16 @@ static void *flusher_main(void *arg)
     return NULL;
 }
 
+/* Berkeley DB's own words on a failed flush (a full disk): logged, not
+ * printed raw on stderr. log_err builds each line whole, so it is safe from
+ * this thread. */
+static void flusher_errcall(const DB_ENV *env, const char *pfx, const char *msg)
+{
+    (void)env;
+    (void)pfx;
+    log_err("queue: flusher: bdb: %s", msg);
+}
+
 /* The thread gets its own handle, joined to the environment the loop
  * opened: handles are not shared across threads without DB_THREAD. */
 static DB_ENV *join_env(struct queue *q)
@@ -180,6 +190,7 @@ static DB_ENV *join_env(struct queue *q)
     if (snprintf(home, sizeof home, "%s/db", q->spool) >= (int)sizeof home
         || db_env_create(&e, 0) != 0)
         return NULL;
+    e->set_errcall(e, flusher_errcall);
     int ret = e->open(e, home, DB_INIT_LOG | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_MPOOL, 0600);
     if (ret != 0) {
         queue_db_error("flusher environment join", NULL, ret);

@@ -91,10 +91,13 @@ static struct dest *dest_get(struct scheduler *s, const char *domain)
 
 /* ---- leases: recipients in memory, never pulled twice ------------------- */
 
+struct unwritten;
+
 struct lease {
     struct lease *next;
     char id[QUEUE_ID_LEN + 1];
     uint16_t idx;
+    struct unwritten *unwritten; /* a result the queue could not record yet */
 };
 
 static struct lease **lease_slot(struct scheduler *s, const char *id, uint16_t idx)
@@ -123,6 +126,8 @@ bool sched_is_leased(struct scheduler *s, const char *id, uint16_t idx)
     return *lease_slot(s, id, idx) != NULL;
 }
 
+static void unwritten_free(struct unwritten *u);
+
 static void lease_drop(struct scheduler *s, const char *id, uint16_t idx)
 {
     struct lease **l = lease_slot(s, id, idx);
@@ -130,6 +135,7 @@ static void lease_drop(struct scheduler *s, const char *id, uint16_t idx)
         return;
     struct lease *dead = *l;
     *l = dead->next;
+    unwritten_free(dead->unwritten);
     free(dead);
 }
 
@@ -241,6 +247,89 @@ static void log_delay(char *buf, size_t len, int64_t arrival)
     snprintf(buf, len, "%lld", (long long)(now_s() - arrival));
 }
 
+/* A delivery result the queue could not record (a full disk: the log
+ * write failed). It stays in memory with the recipient's lease, so nobody
+ * pulls the recipient meanwhile, and is written again every second: once
+ * the disk has room, a delivered recipient is recorded instead of being
+ * sent again when its lease runs out. A crash loses it, and then the lease
+ * does run out: a duplicate, never a loss. */
+struct unwritten {
+    struct scheduler *s;
+    struct event *ev;
+    char id[QUEUE_ID_LEN + 1];
+    uint16_t idx;
+    struct queue_rcpt r;         /* last_error owned */
+    unsigned tries;
+};
+
+#define UNWRITTEN_RETRY 1        /* seconds between attempts */
+
+static void unwritten_free(struct unwritten *u)
+{
+    if (u == NULL)
+        return;
+    if (u->ev != NULL)
+        event_free(u->ev);
+    free(u->r.last_error);
+    free(u);
+}
+
+/* 0 recorded (or the message is gone), -1 the queue failed. */
+static int rcpt_record(struct scheduler *s, const char *id, uint16_t idx,
+                       const struct queue_rcpt *r)
+{
+    bool gone = false;
+    if (queue_rcpt_update(s->q, id, idx, r, &gone) < 0)
+        return -1;
+    if (gone)
+        log_info("%s: removed", id);
+    return 0;
+}
+
+static void unwritten_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct unwritten *u = arg;
+    u->tries++;
+    if (rcpt_record(u->s, u->id, u->idx, &u->r) == 0) {
+        log_info("%s: delivery state of recipient %u recorded after %u retries",
+                 u->id, u->idx, u->tries);
+        lease_drop(u->s, u->id, u->idx);     /* frees U */
+        return;
+    }
+    struct timeval tv = { UNWRITTEN_RETRY, 0 };
+    evtimer_add(u->ev, &tv);
+}
+
+/* Hangs R on the recipient's lease for unwritten_cb; false when there is
+ * no lease (nothing was pulled: the next tick reads it again anyway). */
+static bool keep_unwritten(struct scheduler *s, const char *id, uint16_t idx,
+                           const struct queue_rcpt *r)
+{
+    struct lease *l = *lease_slot(s, id, idx);
+    if (l == NULL)
+        return false;
+    struct unwritten *u = l->unwritten;
+    if (u == NULL && (u = calloc(1, sizeof *u)) != NULL
+        && (u->ev = evtimer_new(s->base, unwritten_cb, u)) == NULL) {
+        free(u);
+        u = NULL;
+    }
+    if (u == NULL)
+        return false;
+    free(u->r.last_error);
+    u->s = s;
+    snprintf(u->id, sizeof u->id, "%s", id);
+    u->idx = idx;
+    u->r = *r;
+    u->r.last_error = r->last_error ? strdup(r->last_error) : NULL;
+    l->unwritten = u;
+    struct timeval tv = { UNWRITTEN_RETRY, 0 };
+    evtimer_add(u->ev, &tv);
+    return true;
+}
+
 static void rcpt_write(struct scheduler *s, const char *id, uint16_t idx,
                        enum rcpt_state st, uint32_t attempts, int64_t next,
                        const char *err)
@@ -249,27 +338,40 @@ static void rcpt_write(struct scheduler *s, const char *id, uint16_t idx,
         .state = st, .attempts = attempts, .next_attempt = next,
         .last_error = (char *)err,
     };
-    bool gone = false;
-    lease_drop(s, id, idx);
-    if (queue_rcpt_update(s->q, id, idx, &r, &gone) < 0)
-        log_err("%s: cannot record delivery state of recipient %u", id, idx);
-    if (gone)
-        log_info("%s: removed", id);
+    if (rcpt_record(s, id, idx, &r) == 0) {
+        lease_drop(s, id, idx);
+        return;
+    }
+    bool kept = keep_unwritten(s, id, idx, &r);
+    log_err("%s: cannot record delivery state of recipient %u%s", id, idx,
+            kept ? ": will retry" : "");
+    if (!kept)
+        lease_drop(s, id, idx);
+}
+
+/* The outcome's class: 2 sent, 5 bounced, 4 anything else (a local error
+ * has code 0, a garbage reply may have a 3xx). */
+static char outcome_class(int code)
+{
+    return code >= 200 && code < 300 ? '2' : code >= 500 ? '5' : '4';
 }
 
 static const char *enh_code(const char *reply, char *buf, size_t len, int code)
 {
-    /* "550 5.1.1 text" -> "5.1.1"; without one, derive from the class. */
+    /* "550 5.1.1 text" -> "5.1.1"; without one, derive from the class. The
+     * class is always the outcome's, as Postfix does: "451 5.1.1" is a
+     * deferral, and a status=deferred line must not say dsn=2.0.0. */
     const char *p = reply;
     if (strlen(p) > 4 && (p[4] == '2' || p[4] == '4' || p[4] == '5') && p[5] == '.') {
         size_t n = strcspn(p + 4, " ");
         if (n < len) {
             memcpy(buf, p + 4, n);
             buf[n] = '\0';
+            buf[0] = outcome_class(code);
             return buf;
         }
     }
-    snprintf(buf, len, "%d.0.0", code >= 500 ? 5 : code >= 400 ? 4 : 2);
+    snprintf(buf, len, "%c.0.0", outcome_class(code));
     return buf;
 }
 
@@ -582,6 +684,10 @@ void scheduler_free(struct scheduler *s)
         while (s->leased[b] != NULL) {
             struct lease *l = s->leased[b];
             s->leased[b] = l->next;
+            /* A last try: otherwise the lease runs out and it goes twice. */
+            if (l->unwritten != NULL && rcpt_record(s, l->id, l->idx, &l->unwritten->r) < 0)
+                log_warn("%s: delivery state of recipient %u not recorded", l->id, l->idx);
+            unwritten_free(l->unwritten);
             free(l);
         }
     }

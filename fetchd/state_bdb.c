@@ -16,6 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include "log.h"
+
+#define STATE_LOG_FILE (4u << 20)
+#define STATE_LOG_BUFFER (256u << 10)
 
 struct state {
     DB_ENV *env;
@@ -33,8 +39,39 @@ static void set_err(struct state *st, const char *what, int rc)
     snprintf(st->err, sizeof st->err, "%s: %s", what, db_strerror(rc));
 }
 
+/* Berkeley DB's own words (a full disk: "write: No space left on device",
+ * then a panic) go to the log like every other line, not raw to stderr. */
+static void bdb_errcall(const DB_ENV *env, const char *pfx, const char *msg)
+{
+    (void)env;
+    (void)pfx;
+    log_err("state: bdb: %s", msg);
+}
+
+/* Berkeley DB meets a full disk badly: recovery zeroes the rest of the log
+ * file, fails half-way and reports "DB_RUNRECOVERY: Fatal error, run
+ * database recovery", which is neither true nor helpful (and leaks). A run
+ * that could not record its deliveries must not start anyway, so it is
+ * refused up front with the real reason: room for a log file and its
+ * buffer is the least a run needs. */
+static int check_room(const char *dir, char *err, size_t errlen)
+{
+    struct statvfs sv;
+    if (statvfs(dir, &sv) != 0)
+        return 0;                /* unknown: the open will say */
+    unsigned long long avail = (unsigned long long)sv.f_bavail * sv.f_frsize;
+    if (avail >= STATE_LOG_FILE + STATE_LOG_BUFFER)
+        return 0;
+    snprintf(err, errlen, "cannot open the state database in %s: only %llu KB free on "
+             "its filesystem, %u KB needed", dir, avail >> 10,
+             (STATE_LOG_FILE + STATE_LOG_BUFFER) >> 10);
+    return -1;
+}
+
 struct state *state_open(const char *dir, char *err, size_t errlen)
 {
+    if (check_room(dir, err, errlen) != 0)
+        return NULL;
     struct state *st = calloc(1, sizeof *st);
     if (st == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -43,9 +80,10 @@ struct state *state_open(const char *dir, char *err, size_t errlen)
     int rc = db_env_create(&st->env, 0);
     if (rc != 0)
         goto fail_env;
+    st->env->set_errcall(st->env, bdb_errcall);
     st->env->set_cachesize(st->env, 0, 4u << 20, 1);
-    st->env->set_lg_bsize(st->env, 256u << 10);
-    st->env->set_lg_max(st->env, 4u << 20);
+    st->env->set_lg_bsize(st->env, STATE_LOG_BUFFER);
+    st->env->set_lg_max(st->env, STATE_LOG_FILE);
     st->env->log_set_config(st->env, DB_LOG_AUTO_REMOVE, 1);
     rc = st->env->open(st->env, dir,
                        DB_CREATE | DB_INIT_TXN | DB_INIT_LOG | DB_INIT_LOCK | DB_INIT_MPOOL
