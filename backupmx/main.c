@@ -25,6 +25,8 @@
 #include "dns.h"
 #include "scheduler.h"
 #include "control.h"
+#include "mail_server.h"
+#include "maildir.h"
 
 #define DEFAULT_CONFIG "/etc/backupmx/backupmx.conf"
 #define FALLBACK_USER "nobody"
@@ -126,6 +128,21 @@ static int drop_privileges(const struct bmx_config *cfg)
     return 0;
 }
 
+/* Catch-all Maildirs are created as the user that will write them. */
+static int prepare_mailboxes(const struct bmx_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nmailboxes; i++) {
+        const struct bmx_mailbox *m = &cfg->mailboxes[i];
+        char err[512];
+        if (maildir_ensure(m->maildir, err, sizeof err) != 0) {
+            log_err("mailbox %s: %s", m->name, err);
+            return -1;
+        }
+        maildir_clean_tmp(m->maildir);
+    }
+    return 0;
+}
+
 static void stop_cb(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
@@ -140,6 +157,7 @@ static int run(const struct opts *o, struct bmx_config *cfg)
     struct event *sigterm = NULL, *sigint = NULL;
     struct dns *dns = NULL;
     struct control *ctl = NULL;
+    struct mail_server *ms = NULL;
     srv.base = event_base_new();
     if (srv.base == NULL)
         return 1;
@@ -151,7 +169,8 @@ static int run(const struct opts *o, struct bmx_config *cfg)
             goto out;
         }
     }
-    if (smtp_server_bind(&srv) != 0 || drop_privileges(cfg) != 0)
+    if (smtp_server_bind(&srv) != 0 || (ms = mail_server_new(srv.base, cfg, srv.tls)) == NULL
+        || drop_privileges(cfg) != 0 || prepare_mailboxes(cfg) != 0)
         goto out;
     if (!o->foreground && daemon(0, 0) != 0) {
         log_err("daemon: %s", strerror(errno));
@@ -176,6 +195,7 @@ static int run(const struct opts *o, struct bmx_config *cfg)
     rc = 0;
 out:
     smtp_server_shutdown(&srv);
+    mail_server_free(ms);
     /* Delivery stops before the loop runs again: a NONBLOCK pass keeps going
      * while callbacks are active, and would drain the whole queue first. */
     control_free(ctl);

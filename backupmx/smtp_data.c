@@ -43,6 +43,11 @@ bool data_feed_line(struct data_state *d, const char *line, size_t len,
     d->prev_crlf = crlf;
     if (!crlf || memchr(line, '\r', n) != NULL)
         d->bad_eol = true;
+    /* NUL is no more allowed in a message than a bare CR (RFC 5322 2.1,
+     * RFC 6152 8bit data), and a next hop that drops NULs would read
+     * "<CRLF>NUL.<CRLF>" as the end of data: refused the same way. */
+    if (memchr(line, '\0', n) != NULL)
+        d->bad_eol = true;
     if (!was_long && after_crlf && crlf && n == 1 && line[0] == '.')
         return true;
     if (was_long) {

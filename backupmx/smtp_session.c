@@ -32,10 +32,12 @@
 #include "verify.h"
 #include "cidr.h"
 #include "scheduler.h"
+#include "catchall_store.h"
 
 #define CMD_LINE_MAX 4096        /* longer command lines are refused */
 #define DATA_CHUNK_MAX 8192      /* an LF-less run this long is an over-long line */
 #define READ_HIGH_WATER 65536
+#define WRITE_HIGH_WATER 65536   /* unsent replies before we stop reading */
 #define CLOSE_GRACE_MS 5000
 
 enum smtp_state {
@@ -67,6 +69,9 @@ struct smtp_session {
     bool commit_pending;         /* the queue still holds our callback */
     bool dead;                   /* connection gone; free when the queue calls back */
     bool released;               /* connection slot given back */
+    bool out_stalled;            /* input left until the client reads our replies */
+    bool line_open;              /* a partial line is buffered, */
+    struct timespec line_start;  /* ... since then */
     char helo[256];
     char tlsinfo[160];
     char qid[QUEUE_ID_LEN + 1];
@@ -76,6 +81,7 @@ struct smtp_session {
     struct mailaddr vrcpt;       /* ... for this address */
     const struct bmx_domain *vdom;
     char **rcpt;
+    const struct bmx_mailbox **rcpt_mbox;   /* catch-all mailbox, NULL = queue */
     size_t nrcpt;
     struct evbuffer *msg;
     struct data_state data;
@@ -88,6 +94,7 @@ static void session_close(struct smtp_session *s);
 static void session_free(struct smtp_session *s);
 static void session_setup_bev(struct smtp_session *s);
 static bool too_many_errors(struct smtp_session *s);
+static void session_timeout(struct smtp_session *s);
 
 /* ---- replies ---------------------------------------------------------- */
 
@@ -161,7 +168,9 @@ static void txn_reset(struct smtp_session *s)
     for (size_t i = 0; i < s->nrcpt; i++)
         free(s->rcpt[i]);
     free(s->rcpt);
+    free(s->rcpt_mbox);
     s->rcpt = NULL;
+    s->rcpt_mbox = NULL;
     s->nrcpt = 0;
     memset(&s->sender, 0, sizeof s->sender);
     memset(&s->params, 0, sizeof s->params);
@@ -314,21 +323,54 @@ static void rcpt_policy_reply(struct smtp_session *s, const struct mailaddr *a,
     }
 }
 
-static void rcpt_accept(struct smtp_session *s, const struct mailaddr *a)
+static bool rcpt_grow(struct smtp_session *s)
+{
+    char **v = realloc(s->rcpt, (s->nrcpt + 1) * sizeof *v);
+    if (v == NULL)
+        return false;
+    s->rcpt = v;
+    const struct bmx_mailbox **m = realloc(s->rcpt_mbox, (s->nrcpt + 1) * sizeof *m);
+    if (m == NULL)
+        return false;
+    s->rcpt_mbox = m;
+    return true;
+}
+
+/* MB is the catch-all mailbox that gets the copy, NULL to queue it. */
+static void rcpt_accept(struct smtp_session *s, const struct mailaddr *a,
+                        const struct bmx_mailbox *mb)
 {
     if (!rcpt_duplicate(s, a->full)) {
-        char **v = realloc(s->rcpt, (s->nrcpt + 1) * sizeof *v);
-        if (v != NULL)
-            s->rcpt = v;
-        char *copy = v != NULL ? strdup(a->full) : NULL;
+        char *copy = rcpt_grow(s) ? strdup(a->full) : NULL;
         if (copy == NULL) {
             reply(s, "451 4.3.0 Error: out of memory");
             return;
         }
+        s->rcpt_mbox[s->nrcpt] = mb;
         s->rcpt[s->nrcpt++] = copy;
     }
     session_enter(s, S_RCPT);
     reply(s, "250 2.1.5 Ok");
+}
+
+/* A catch-all recipient: refused at RCPT time when its mailbox is full,
+ * so the sender keeps the message rather than us bouncing it later. */
+static void rcpt_catchall(struct smtp_session *s, const struct mailaddr *a,
+                          const struct bmx_domain *dom)
+{
+    const struct bmx_mailbox *mb = config_find_mailbox(s->srv->cfg, dom->mailbox);
+    uint64_t incoming = s->params.size_set ? s->params.size : 0;
+    switch (mb == NULL ? CA_QUOTA_ERROR : catchall_quota_check(mb, incoming)) {
+    case CA_QUOTA_OK:
+        rcpt_accept(s, a, mb);
+        return;
+    case CA_QUOTA_FULL:
+        log_reject(s, "RCPT", a->full, "452 4.2.2 <%s>: Mailbox full", a->full);
+        return;
+    case CA_QUOTA_ERROR:
+        log_reject(s, "RCPT", a->full, "451 4.3.0 <%s>: Temporary mailbox error", a->full);
+        return;
+    }
 }
 
 static void rcpt_verified_cb(void *arg, enum verify_result r)
@@ -337,7 +379,7 @@ static void rcpt_verified_cb(void *arg, enum verify_result r)
     s->vreq = NULL;
     if (r == VERIFY_OK
         || (r == VERIFY_UNAVAILABLE && s->vdom->unverified == UNVERIFIED_ACCEPT))
-        rcpt_accept(s, &s->vrcpt);
+        rcpt_accept(s, &s->vrcpt, NULL);
     else
         rcpt_policy_reply(s, &s->vrcpt, r == VERIFY_UNKNOWN ? VERDICT_UNKNOWN_USER
                                                             : VERDICT_UNVERIFIED);
@@ -421,13 +463,11 @@ static void cmd_rcpt(struct smtp_session *s, const char *args)
         return;
     }
     if (dom->mode == MODE_CATCHALL) {
-        /* The catch-all store is a separate component; until it exists,
-         * defer rather than accept mail we could not place. */
-        log_reject(s, "RCPT", a.full, "451 4.3.0 <%s>: catch-all mailbox not available", a.full);
+        rcpt_catchall(s, &a, dom);
         return;
     }
     if (v == VERDICT_OK) {
-        rcpt_accept(s, &a);
+        rcpt_accept(s, &a, NULL);
         return;
     }
     s->vrcpt = a;
@@ -645,7 +685,12 @@ static void stored_cb(void *arg, int error)
     }
     if (error != 0) {
         log_warn("%s: queue commit failed: %s", s->qid, strerror(error));
-        reply(s, "451 4.3.0 Error: queue file write error");
+        /* The log flush met a full disk: the same answer as a store refused
+         * up front (data_done), so the client knows to come back later. */
+        if (error == ENOSPC || error == EDQUOT)
+            reply(s, "452 4.3.1 Insufficient system storage");
+        else
+            reply(s, "451 4.3.0 Error: queue file write error");
     } else {
         log_info("%s: from=<%s>, size=%zu, nrcpt=%zu (queue active)", s->qid,
                  s->sender.full, evbuffer_get_length(s->msg), s->nrcpt);
@@ -655,21 +700,33 @@ static void stored_cb(void *arg, int error)
     session_read(s);
 }
 
-static int store_message(struct smtp_session *s)
+static size_t queued_rcpts(const struct smtp_session *s)
 {
-    struct queue_rcpt *r = calloc(s->nrcpt, sizeof *r);
+    size_t n = 0;
+    for (size_t i = 0; i < s->nrcpt; i++)
+        n += s->rcpt_mbox[i] == NULL;
+    return n;
+}
+
+static int queue_message(struct smtp_session *s)
+{
+    size_t nq = queued_rcpts(s), j = 0;
+    struct queue_rcpt *r = calloc(nq, sizeof *r);
     if (r == NULL)
         return -1;
     int64_t now = (int64_t)time(NULL);
     for (size_t i = 0; i < s->nrcpt; i++) {
-        r[i].addr = s->rcpt[i];
-        r[i].state = RCPT_DEFERRED;
-        r[i].next_attempt = now;
+        if (s->rcpt_mbox[i] != NULL)
+            continue;
+        r[j].addr = s->rcpt[i];
+        r[j].state = RCPT_DEFERRED;
+        r[j].next_attempt = now;
+        j++;
     }
     struct queue_envelope env = {
         .sender = s->sender.full, .helo = s->helo, .client_addr = s->ip,
         .client_name = "unknown", .arrival = now,
-        .size = evbuffer_get_length(s->msg), .nrcpt = s->nrcpt, .rcpt = r,
+        .size = evbuffer_get_length(s->msg), .nrcpt = nq, .rcpt = r,
         .flags = (s->params.body == BODY_8BITMIME ? QENV_8BITMIME : 0)
                  | (s->params.smtputf8 ? QENV_SMTPUTF8 : 0),
     };
@@ -677,6 +734,24 @@ static int store_message(struct smtp_session *s)
     int rc = queue_store(s->srv->queue, &env, s->msg, stored_cb, s);
     free(r);
     return rc;
+}
+
+/* Catch-all copies are written (and synced) first: if one fails, nothing
+ * was queued either and the client retries the whole transaction. Only
+ * catch-all recipients: done here, 1 is returned and the reply is sent. */
+static int store_message(struct smtp_session *s)
+{
+    if (queued_rcpts(s) < s->nrcpt
+        && catchall_store(s->srv->cfg->hostname, s->qid, s->sender.full, s->rcpt,
+                          s->rcpt_mbox, s->nrcpt, s->msg) != 0)
+        return -1;
+    if (queued_rcpts(s) > 0)
+        return queue_message(s);
+    log_info("%s: from=<%s>, size=%zu, nrcpt=%zu (delivered to mailbox)", s->qid,
+             s->sender.full, evbuffer_get_length(s->msg), s->nrcpt);
+    reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+    txn_reset(s);
+    return 1;
 }
 
 static void data_done(struct smtp_session *s)
@@ -689,7 +764,7 @@ static void data_done(struct smtp_session *s)
         txn_reset(s);
         return;
     case DATA_BAD_EOL:
-        log_reject(s, "END-OF-MESSAGE", NULL, "554 5.6.0 Message contains bare CR or LF characters");
+        log_reject(s, "END-OF-MESSAGE", NULL, "554 5.6.0 Message contains bare CR, bare LF or NUL characters");
         txn_reset(s);
         return;
     case DATA_LONG_LINE:
@@ -702,7 +777,10 @@ static void data_done(struct smtp_session *s)
         return;
     }
     session_enter(s, S_COMMIT);
-    if (store_message(s) == 0) {
+    int rc = store_message(s);
+    if (rc > 0)
+        return;
+    if (rc == 0) {
         s->commit_pending = true;
         return;
     }
@@ -792,16 +870,58 @@ static bool too_many_errors(struct smtp_session *s)
     return true;
 }
 
+/* A client that sends commands but never reads the replies must not make
+ * us buffer them without limit: past the mark its input stays in the
+ * (bounded) input buffer, and write_cb resumes once the replies are out. */
+static bool output_full(struct smtp_session *s)
+{
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) <= WRITE_HIGH_WATER)
+        return false;
+    s->out_stalled = true;
+    return true;
+}
+
+/* Like Postfix's smtpd_per_record_deadline: a line must arrive whole within
+ * the phase's timeout. The bufferevent timeout restarts on every read, so
+ * alone it would let a client sending a byte a second hold the session. */
+static bool line_overdue(struct smtp_session *s, struct evbuffer *in)
+{
+    if (evbuffer_get_length(in) == 0) {
+        s->line_open = false;
+        return false;
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (!s->line_open) {
+        s->line_open = true;
+        s->line_start = now;
+        return false;
+    }
+    const struct timeval *limit = s->state == S_DATA ? &s->srv->data_timeout
+                                                     : &s->srv->cmd_timeout;
+    long long ms = (long long)(now.tv_sec - s->line_start.tv_sec) * 1000
+                   + (now.tv_nsec - s->line_start.tv_nsec) / 1000000;
+    return ms >= (long long)limit->tv_sec * 1000;
+}
+
 static void session_read(struct smtp_session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
     for (;;) {
         if (s->state == S_COMMIT || s->state == S_QUIT || s->vreq != NULL)
             return;
+        if (output_full(s))
+            return;
         struct bufferevent *bev = s->bev;
         bool progress = s->state == S_DATA ? read_data_line(s, in)
                                            : read_command_line(s, in);
-        if (!progress || too_many_errors(s))
+        if (!progress) {
+            if (line_overdue(s, in))
+                session_timeout(s);
+            return;
+        }
+        s->line_open = false;
+        if (too_many_errors(s))
             return;
         if (s->bev != bev)       /* STARTTLS swapped the buffers */
             return;
@@ -851,8 +971,16 @@ static void close_timer_cb(evutil_socket_t fd, short what, void *arg)
 static void write_cb(struct bufferevent *bev, void *arg)
 {
     struct smtp_session *s = arg;
-    if (bev == s->bev && s->state == S_QUIT)
+    if (bev != s->bev)
+        return;
+    if (s->state == S_QUIT) {
         close_check(s);
+        return;
+    }
+    if (s->out_stalled) {        /* the client read our replies: go on */
+        s->out_stalled = false;
+        session_read(s);
+    }
 }
 
 static void log_lost(struct smtp_session *s, const char *what)
@@ -860,6 +988,13 @@ static void log_lost(struct smtp_session *s, const char *what)
     const char *where = s->state == S_DATA || s->state == S_COMMIT
                             ? state_names[s->state] : smtp_verb_name(s->last_verb);
     log_info("%s after %s from unknown[%s]", what, where, s->ip);
+}
+
+static void session_timeout(struct smtp_session *s)
+{
+    log_lost(s, "timeout");
+    reply(s, "421 4.4.2 %s Error: timeout exceeded", s->srv->cfg->hostname);
+    session_close(s);
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
@@ -880,9 +1015,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
-        log_lost(s, "timeout");
-        reply(s, "421 4.4.2 %s Error: timeout exceeded", s->srv->cfg->hostname);
-        session_close(s);
+        session_timeout(s);
         return;
     }
     log_lost(s, "lost connection");
@@ -894,6 +1027,11 @@ static void session_setup_bev(struct smtp_session *s)
     bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
     bufferevent_set_timeouts(s->bev, &s->srv->cmd_timeout, &s->srv->cmd_timeout);
     bufferevent_setwatermark(s->bev, EV_READ, 0, READ_HIGH_WATER);
+    /* TLS: the filter moves replies into the socket's buffer only while that
+     * holds less than this, so output_full() sees what the client left unread. */
+    struct bufferevent *under = bufferevent_get_underlying(s->bev);
+    if (under != NULL)
+        bufferevent_setwatermark(under, EV_WRITE, 0, WRITE_HIGH_WATER);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 

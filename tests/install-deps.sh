@@ -8,7 +8,8 @@ BUILD="build-essential pkg-config libevent-dev libssl-dev libdb5.3-dev
        libconfuse-dev libc-ares-dev libetpan-dev"
 TEST="libcmocka-dev clang libclang-rt-14-dev swaks libnet-ssleay-perl libio-socket-ssl-perl postfix python3 openssl
       dnsmasq-base procps iproute2 dovecot-imapd dovecot-pop3d
-      systemd lintian debhelper dpkg-dev groff-base man-db"
+      systemd lintian debhelper dpkg-dev groff-base man-db
+      fetchmail getmail6 fdm mpop"
 
 want="$BUILD"
 [ "${1:-build}" = "test" ] && want="$BUILD $TEST"
