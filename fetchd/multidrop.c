@@ -91,11 +91,14 @@ void md_free_list(char **list, size_t n)
     free(list);
 }
 
-/* local@domain with printable, unspaced characters; lower-cases the domain. */
+/* local@domain with printable, unspaced characters and one '@' (quoting
+ * is refused above, so a second '@' would be a route the local MTA might
+ * follow); lower-cases the domain. */
 static bool addr_spec_ok(char *a)
 {
     char *at = strrchr(a, '@');
-    if (at == NULL || at == a || at[1] == '\0' || strlen(a) > 254 || a[0] == '-')
+    if (at == NULL || at == a || at[1] == '\0' || strlen(a) > 254 || a[0] == '-'
+        || strchr(a, '@') != at)
         return false;
     for (char *p = a; *p; p++) {
         unsigned char c = (unsigned char)*p;

@@ -32,9 +32,10 @@ else CLANG=clang-14
 fi
 
 CFLAGS="-std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-        -fno-omit-frame-pointer -Wall -Wextra -Werror -D_GNU_SOURCE -Ilib -Ibackupmx"
+        -fno-omit-frame-pointer -Wall -Wextra -Werror -D_GNU_SOURCE -Ilib -Ibackupmx -Icatchall -Ifetchd"
 
-TARGETS="fuzz_smtp_cmd fuzz_addr fuzz_smtp_data fuzz_config fuzz_bounce"
+TARGETS="fuzz_smtp_cmd fuzz_addr fuzz_smtp_data fuzz_config fuzz_bounce fuzz_pop3
+         fuzz_imap fuzz_multidrop"
 
 # The project sources and libraries each target needs.
 srcs() {
@@ -44,6 +45,9 @@ srcs() {
     fuzz_smtp_data) echo backupmx/smtp_data.c ;;
     fuzz_config)    echo lib/config.c lib/conf_load.c lib/units.c ;;
     fuzz_bounce)    echo backupmx/bounce.c ;;
+    fuzz_pop3)      echo catchall/pop3_parse.c catchall/pop3_retr.c ;;
+    fuzz_imap)      echo catchall/imap_parse.c catchall/imap_envelope.c ;;
+    fuzz_multidrop) echo fetchd/multidrop.c ;;
     esac
 }
 libs() {
@@ -51,6 +55,9 @@ libs() {
     fuzz_smtp_cmd|fuzz_addr) echo "" ;;
     fuzz_smtp_data|fuzz_bounce) echo -levent ;;
     fuzz_config)    echo -lconfuse -lssl -lcrypto ;;
+    fuzz_pop3)      echo -levent -lcrypto ;;
+    fuzz_imap)      echo -levent ;;
+    fuzz_multidrop) echo "" ;;
     esac
 }
 # Per-target libFuzzer options: the input size worth exploring.
@@ -61,6 +68,9 @@ opts() {
     fuzz_smtp_data) echo -max_len=8192 ;;
     fuzz_config)    echo -max_len=8192 ;;
     fuzz_bounce)    echo -max_len=8192 ;;
+    fuzz_pop3)      echo -max_len=4096 ;;
+    fuzz_imap)      echo -max_len=8192 ;;
+    fuzz_multidrop) echo -max_len=8192 ;;
     esac
 }
 
@@ -77,7 +87,7 @@ build_one() {
     stale=no
     [ -x "$exe" ] || stale=yes
     if [ $stale = no ]; then
-        for d in $deps "$ROOT"/lib/*.h "$ROOT"/backupmx/*.h; do
+        for d in $deps "$ROOT"/lib/*.h "$ROOT"/backupmx/*.h "$ROOT"/catchall/*.h "$ROOT"/fetchd/*.h; do
             [ "$d" -nt "$exe" ] && { stale=yes; break; }
         done
     fi
