@@ -58,6 +58,8 @@ def ref_for(r):
     """The row a ratio is taken against: backupmx for the MTAs, fetchd
     (same protocol; SMTP for the SMTP/LMTP pullers, MDA for MDA) for the
     pullers."""
+    if r["workload"].startswith("serve"):
+        return "backupmx: " + r["system"].split(": ", 1)[1]
     if r["workload"].startswith("drain"):
         client, rest = r["system"].split(" ", 1)
         proto, dest = rest.split("->")
@@ -166,6 +168,10 @@ def targets(agg, cfg):
     check("drain: fetchd POP3->MDA vs fetchmail POP3->MDA",
           rate_ratio("drain", "drain rate", "fetchd pop3->mda", "fetchmail pop3->mda"),
           (2, ">= 2x", ">="))
+    for c in ("fetchmail pop3->mda", "fetchmail imap->mda", "fetchd imap->smtp"):
+        check("catch-all server vs Dovecot, same Maildir, %s" % c,
+              rate_ratio("serve", "drain rate", "backupmx: " + c, "Dovecot: " + c),
+              (1, ">= 1x (as fast as Dovecot)", ">="))
     for (wl, m, s), a in agg.items():
         if wl.startswith("10000 idle SMTP sessions") and m == "PSS total" and s == "backupmx":
             check("10,000 idle plain SMTP sessions, total PSS", a["med"],

@@ -140,18 +140,27 @@ PASSWORD = "bench-secret"
 
 
 def message(i, size):
-    head = ("From: <sender%d@example.net>\nTo: <user@example.org>\n"
-            "X-Original-To: user@example.org\nSubject: drain %d\n"
-            "Date: Sat, 28 Nov 2026 12:00:00 +0000\n"
-            "Message-ID: <drain-%d-%d@bench.test>\n\n" % (i, i, i, time.time_ns()))
-    line = "x" * 75 + "\n"
+    """A 4 KB-ish message with CRLF line ends (as backupmx's catch-all
+    stores them; Dovecot reads either)."""
+    head = ("From: <sender%d@example.net>\r\nTo: <user@example.org>\r\n"
+            "X-Original-To: user@example.org\r\nSubject: drain %d\r\n"
+            "Date: Sat, 28 Nov 2026 12:00:00 +0000\r\n"
+            "Message-ID: <drain-%d-%d@bench.test>\r\n\r\n" % (i, i, i, time.time_ns()))
+    line = "x" * 74 + "\r\n"
     body = line * max(1, (size - len(head)) // len(line))
     return (head + body).encode()
 
 
+def crypt_sha512(password):
+    return subprocess.run(["openssl", "passwd", "-6", password], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 class DrainBench:
     """One Dovecot (plain POP3/IMAP on loopback) with a mailbox user per
-    run, an SMTP sink and an LMTP sink shared by every client."""
+    run, an SMTP sink and an LMTP sink shared by every client; and one
+    backupmx whose catch-all mailboxes are the same Maildirs, so that the
+    two servers can be compared on identical mail."""
 
     def __init__(self):
         self.users = ["u%d" % i for i in range(64)]
@@ -161,20 +170,40 @@ class DrainBench:
         self.lmtp = Sink(lmtp=True)
         self.tmp = tempfile.mkdtemp(prefix="bench-drain-", dir="/tmp")
         self.fetchd_bin = os.path.join(ROOT, "bin", "fetchd")
+        self.bmx = None
 
     def start(self):
         self.dv.start()
         self.smtp.start()
         self.lmtp.start()
+        self.start_backupmx()
         return self
+
+    def start_backupmx(self):
+        pop3, imap = dovecot_mod.harness.free_ports(2)
+        hashed = crypt_sha512(PASSWORD)
+        conf = ['domain "catchall.test" { mode = "catchall"  mailbox = "%s" }' % self.users[0]]
+        conf += ['mailbox "%s" { password = "%s"  maildir = "%s" }'
+                 % (u, hashed, self.dv.maildir(u)) for u in self.users]
+        conf += ['pop3 { listen = { "127.0.0.1:%d" }  tls = "none" }' % pop3,
+                 'imap { listen = { "127.0.0.1:%d" }  tls = "none" }' % imap]
+        self.bmx = Backupmx(systems.free_port(), extra="\n".join(conf))
+        self.bmx.pop3, self.bmx.imap = pop3, imap
+        self.bmx.start()
 
     def stop(self):
         for x in (self.smtp, self.lmtp):
             x.cleanup()
+        if self.bmx is not None:
+            self.bmx.stop()
         self.dv.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def fill(self, n, size):
+    def ports(self, source):
+        srv = self.dv if source == "dovecot" else self.bmx
+        return srv.pop3, srv.imap
+
+    def fill(self, n, size, source="dovecot"):
         user = self.users[self.next]
         self.next += 1
         base = self.dv.maildir(user)
@@ -182,27 +211,28 @@ class DrainBench:
         t = int(time.time())
         for i in range(n):
             data = message(i, size)
-            name = "%d.M%dP%d.bench,S=%d" % (t, i, os.getpid(), len(data))
+            name = "%d.M%dP%d.bench,S=%d,W=%d" % (t, i, os.getpid(), len(data), len(data))
             p = os.path.join(base, "new", name)
             with open(p, "wb") as f:
                 f.write(data)
             os.chown(p, nobody.pw_uid, nobody.pw_gid)
-        # let Dovecot build its index now, outside the timed run
-        pop = poplib.POP3("127.0.0.1", self.dv.pop3, timeout=120)
+        # let the server index the mailbox (UIDs) now, outside the timed run
+        pop = poplib.POP3("127.0.0.1", self.ports(source)[0], timeout=120)
         pop.user(user)
         pop.pass_(PASSWORD)
         count = pop.stat()[0]
         pop.quit()
         if count != n:
-            raise BenchFailure("Dovecot shows %d of %d messages" % (count, n))
+            raise BenchFailure("%s shows %d of %d messages" % (source, count, n))
         return user
 
     # --- the clients ----------------------------------------------------------
-    def run_client(self, client, proto, dest, n, size):
-        user = self.fill(n, size)
+    def run_client(self, client, proto, dest, n, size, source="dovecot"):
+        user = self.fill(n, size, source)
         work = tempfile.mkdtemp(prefix="%s-%s-" % (client, proto), dir=self.tmp)
         counter = os.path.join(work, "mda.count")
-        port = self.dv.pop3 if proto == "pop3" else self.dv.imap
+        pop3, imap = self.ports(source)
+        port = pop3 if proto == "pop3" else imap
         sink = {"smtp": self.smtp, "lmtp": self.lmtp}.get(dest)
         before = sink.count() if sink else 0
         if client == "fetchd":
@@ -215,7 +245,7 @@ class DrainBench:
         rc, wall, own_cpu, out = run_timed(args, timeout=900, env=env, cwd=work,
                                            outfile=os.path.join(work, "out.log"))
         c1 = busy_cpu()
-        name = "%s %s->%s" % (client, proto, dest)
+        name = "%s %s->%s from %s" % (client, proto, dest, source)
         if rc != 0:
             raise BenchFailure("%s: exit %d: %s" % (name, rc, out[-800:]))
         left = self.dv.count(user)
