@@ -512,3 +512,66 @@ class FullStateDir(unittest.TestCase):
         print("# fetchd, state filled mid-run: first run exit %d, %d delivered, "
               "%d left on the server, %d duplicate(s)" % (rc, sum(got.values()) - len(dups),
                                                           len(left), len(dups)))
+
+
+class FullMaildir(unittest.TestCase):
+    """The catch-all Maildir on a full filesystem (the spool elsewhere):
+    end of data answers 452 4.3.1 and nothing (not even a part) is left in
+    new/, for one recipient and for several (the copies made before the
+    failing one are taken back); the session goes on; once there is room,
+    the same process stores mail again, every copy whole."""
+
+    TIMEOUT = 120
+
+    def setUp(self):
+        need_root(self)
+        from catchall_util import CatchallDaemon
+        self.fs = SmallFs(tempfile.mkdtemp(prefix="bmx-fullmd-"), "4m")
+        self.fs.mount()
+        self.addCleanup(shutil.rmtree, self.fs.path, True)
+        self.addCleanup(self.fs.unmount)
+        maildir = os.path.join(self.fs.path, "catch")
+        nobody = pwd.getpwnam("nobody")
+        os.mkdir(maildir, 0o700)
+        os.chown(maildir, nobody.pw_uid, nobody.pw_gid)
+        self.d = CatchallDaemon(pop3_tls=None, imap_tls=None, maildir=maildir)
+        self.addCleanup(self.d.cleanup)
+        self.d.start()
+
+    def whole(self):
+        for sub, name in self.d.maildir_files():
+            raw = self.d.read_message(sub, name)
+            size = int(re.search(r",S=(\d+)", name).group(1))
+            self.assertEqual(size, len(raw), name)
+            self.assertTrue(raw.endswith(b"END\r\n"), name)
+        return len(self.d.maildir_files())
+
+    def test_full_maildir_452_nothing_partial_then_resumes(self):
+        msg = harness.make_message(subject="full", body=(b"x" * 78 + b"\r\n") * 750 + b"END\r\n")
+        self.d.deliver(["before@catch.test"], body=msg)
+        self.fs.fill()
+        for rcpts in (["one@catch.test"], ["a@catch.test", "b@catch.test", "c@catch.test"]):
+            with self.d.connect() as c:
+                c.ehlo()
+                c.check("MAIL FROM:<s@example.net>", 250)
+                for r in rcpts:
+                    c.check("RCPT TO:<%s>" % r, 250)
+                c.check("DATA", 354)
+                c.send(harness.dot_stuff(msg))
+                c.expect(c.reply(), 452, "4.3.1")
+                c.check("NOOP", 250)            # the session goes on
+            self.assertEqual(self.whole(), 1, "only the message from before the disk filled")
+            self.assertEqual(self.d.maildir_files(("tmp",)), [])
+            # room for one copy, not three: the first is made, the second
+            # fails, the first is taken back
+            size = os.path.getsize(self.fs.filler)
+            os.truncate(self.fs.filler, size - 100 * 1024)
+        self.assertTrue(self.d.running())
+        self.fs.free()
+        self.d.deliver(["a@catch.test", "b@catch.test", "c@catch.test"], body=msg)
+        self.assertEqual(self.whole(), 4)
+        log = self.d.log()
+        self.assertRegex(log, r"status=deferred \(cannot write .*No space left on device")
+        # the three-recipient try got its first copy on disk before failing
+        self.assertEqual(len(re.findall(r"to=<a@catch.test>, relay=local.*status=deferred", log)), 0)
+        self.assertRegex(log, r"to=<b@catch.test>, relay=local, mailbox=catch, status=deferred")
