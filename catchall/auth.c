@@ -17,6 +17,7 @@
 #define FAILURE_WINDOW 600
 #define BASE_DELAY_MS 500
 #define MAX_DELAY_MS 8000
+#define BLOCKED_DELAY_MS 1000
 #define TABLE_SIZE 1024
 #define TABLE_SWEEP 4096
 
@@ -137,7 +138,9 @@ enum auth_result auth_login(const struct bmx_config *cfg, const char *proto, con
     *delay_ms = 0;
     const struct failure *f = lookup(ip, now);
     if (f != NULL && f->count >= MAX_FAILURES) {
-        *delay_ms = MAX_DELAY_MS;
+        /* Unchecked, so nothing is learnt by waiting: answer soon and
+         * free the connection slot. */
+        *delay_ms = BLOCKED_DELAY_MS;
         log_warn("%s: login refused: client=%s, too many failures (%u in %ds)",
                  proto, ip, f->count, FAILURE_WINDOW);
         return AUTH_BLOCKED;
