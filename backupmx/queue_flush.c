@@ -258,12 +258,18 @@ void queue_commit_detach(struct queue *q)
         pthread_join(f->thread, NULL);
         if (f->ninflight > 0)
             log_warn("queue: closing with %zu stores being flushed", f->ninflight);
+        for (size_t i = 0; i < f->ninflight; i++)
+            f->inflight[i].cb(f->inflight[i].arg, EIO);
         flusher_free(f);
         q->flusher = NULL;
     }
     if (q->flush_ev)
         event_free(q->flush_ev);
     q->flush_ev = NULL;
+    /* Never flushed by us: the callers learn it (and free what they
+     * parked); queue_close's checkpoint may still make the commits durable. */
+    for (size_t i = 0; i < q->npark; i++)
+        q->park[i].cb(q->park[i].arg, EIO);
     free(q->park);
     q->park = NULL;
     q->npark = q->parkcap = 0;

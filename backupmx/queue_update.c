@@ -196,6 +196,39 @@ static int in_txn(struct queue *q, const char *what, const char *id,
     return 0;
 }
 
+/* A body file goes only once the deletion of its record is on disk:
+ * removed at commit, a crash before the log flush brings the record back
+ * without its body (stuck forever, and most likely delivered already).
+ * With no group commit (offline tools) the log is flushed here. */
+struct body_gone {
+    struct queue *q;
+    char id[QUEUE_ID_LEN + 1];
+};
+
+static void body_gone_cb(void *arg, int error)
+{
+    struct body_gone *g = arg;
+    if (error == 0)
+        qbody_remove(g->q->bodyfd, g->id);
+    /* else the file stays: an orphan is swept at the next open */
+    free(g);
+}
+
+static void remove_body_when_durable(struct queue *q, const char *id)
+{
+    struct body_gone *g = malloc(sizeof *g);
+    if (g == NULL || q->flush_ev == NULL || queue_park_reserve(q) != 0) {
+        free(g);
+        if (q->env->log_flush(q->env, NULL) == 0)
+            qbody_remove(q->bodyfd, id);
+        return;
+    }
+    g->q = q;
+    memcpy(g->id, id, QUEUE_ID_LEN);
+    g->id[QUEUE_ID_LEN] = '\0';
+    queue_park(q, body_gone_cb, g);
+}
+
 struct update_args {
     const char *id;
     uint16_t idx;
@@ -224,7 +257,7 @@ int queue_rcpt_update(struct queue *q, const char *id, uint16_t idx,
     if (gone != NULL)
         *gone = rc == 0 && a.gone;
     if (rc == 0 && a.gone)
-        qbody_remove(q->bodyfd, id);
+        remove_body_when_durable(q, id);
     return rc;
 }
 
@@ -264,7 +297,7 @@ int queue_delete(struct queue *q, const char *id)
 {
     int rc = in_txn(q, "delete", id, delete_fn, (void *)id);
     if (rc == 0)
-        qbody_remove(q->bodyfd, id);
+        remove_body_when_durable(q, id);
     return rc;
 }
 

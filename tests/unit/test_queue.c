@@ -467,6 +467,41 @@ static void test_orphans(void **state)
     queue_close(q);
 }
 
+/* A delivered message's body file must outlive the commit that deletes
+ * its record until the log flush that makes that commit durable: a crash
+ * in between brings the record back, and it needs its body. */
+static void test_body_kept_until_delete_is_durable(void **state)
+{
+    struct fix *f = *state;
+    struct queue *q = open_rw(f);
+    struct acks a = { 0 };
+    struct msg m[2];
+    store_one(q, &m[0], 5, &a);             /* body_len(5) = 200000: a body file */
+    store_one(q, &m[1], 12, &a);            /* and one more, deleted outright */
+    run_until(f, &a, 2);
+    char path[2][256];
+    for (int i = 0; i < 2; i++) {
+        snprintf(path[i], sizeof path[i], "%.128s/body/%.16s", spool_of(f), m[i].env.id);
+        assert_int_equal(access(path[i], F_OK), 0);
+    }
+    bool gone = false;
+    for (uint16_t i = 0; i < m[0].env.nrcpt && !gone; i++) {
+        struct queue_rcpt r = m[0].rcpt[i];
+        r.state = RCPT_DONE;
+        assert_int_equal(queue_rcpt_update(q, m[0].env.id, i, &r, &gone), 0);
+    }
+    assert_true(gone);
+    assert_int_equal(queue_delete(q, m[1].env.id), 0);
+    /* committed, not yet flushed: the bodies are still there */
+    assert_int_equal(access(path[0], F_OK), 0);
+    assert_int_equal(access(path[1], F_OK), 0);
+    for (int i = 0; i < 20 && (access(path[0], F_OK) == 0 || access(path[1], F_OK) == 0); i++)
+        assert_int_equal(event_base_loop(f->base, EVLOOP_ONCE), 0);
+    assert_int_equal(access(path[0], F_OK), -1);
+    assert_int_equal(access(path[1], F_OK), -1);
+    queue_close(q);
+}
+
 /* ---- records and corruption ------------------------------------------------- */
 
 static void test_ids(void **state)
@@ -771,6 +806,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_min_free, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_body_kept_until_delete_is_durable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphans, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_schedule_index, setup, teardown),
