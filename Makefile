@@ -42,7 +42,7 @@ BMX_OBJ  := $(BMX_SRC:%.c=$(BUILD)/%.o) $(CA_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HELPERS  := $(HELPER_SRC:tests/helpers/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test-deps run check check-suites clean install check-install deb progs
+.PHONY: all deps test-deps run check check-long check-suites clean install check-install deb progs
 PROGS    := $(BIN)/backupmx $(if $(wildcard backupmx/bmxq.c),$(BIN)/bmxq)
 # fetchd, the puller. Debian's libetpan.pc leaks -specs=/usr/share/dpkg/no-pie-link.specs
 # (non-PIE with gcc, a failure without dpkg-dev): strip it.
@@ -93,8 +93,16 @@ check: test-deps
 	@$(MAKE) --no-print-directory SAN=1 all
 	@tests/run-tests.sh
 
+# The long versions (not in make check): the crash ledger with 200 kills
+# and 50,000 messages, 5,000 messages over a flapping primary, bmxq over
+# 100,000 queued messages. Normal build; about 25 minutes.
+check-long: test-deps
+	@$(MAKE) --no-print-directory all
+	@BMX_LONG=1 BMX_TEST_FILTER=test_crash,test_bad_primary.Flapping,test_bmxq_scale \
+	    python3 tests/integration/run.py --bin bin --build build -v
+
 clean:
-	rm -rf build build-san bin bin-san run
+	rm -rf build build-san bin bin-san build-fuzz run
 
 -include $(shell find build build-san -name '*.d' -type f 2>/dev/null)
 

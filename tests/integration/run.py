@@ -8,7 +8,7 @@ prints TAP-style lines:
     ok N - module.Class.test # SKIP reason
 
 Usage: run.py --bin bin --build build [-v]
-Environment: BMX_TEST_FILTER=substring (only tests whose id contains it),
+Environment: BMX_TEST_FILTER=substring[,substring...] (only tests whose id contains one),
 BMX_KEEP=1 (keep the daemons' temp dirs), BMX_TEST_TIMEOUT=seconds (per
 test, default 120). Exit status 1 if any test failed, 2 if the suite could
 not run.
@@ -176,7 +176,9 @@ def main():
         traceback.print_exc()
         return 2
 
+    # "a,b": the tests whose id contains any of the substrings
     flt = os.environ.get("BMX_TEST_FILTER", "")
+    subs = [x for x in flt.split(",") if x]
     tests = []
     load_errors = 0
     for t in iter_tests(suite):
@@ -184,7 +186,7 @@ def main():
         if isinstance(t, unittest.loader._FailedTest):
             load_errors += 1
             tests.append(t)
-        elif not flt or flt in t.id():
+        elif not subs or any(x in t.id() for x in subs):
             tests.append(t)
     if not tests:
         print("# no integration test matches BMX_TEST_FILTER=%r" % flt)
