@@ -9,7 +9,9 @@
  * drains through `concurrency` connections.
  *
  * A recipient pulled into memory gets a lease (next_attempt moved ahead),
- * so the index does not return it twice and a crash only delays it. */
+ * so the index does not return it twice and a crash only delays it. After
+ * a crash the leases are lifted at start (a clean stop with nothing in
+ * flight leaves a marker that saves the scan). */
 #include "sched_private.h"
 
 #include <stdio.h>
@@ -17,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -641,6 +644,49 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- life cycle -------------------------------------------------------- */
 
+#define STOPPED_MARKER "scheduler.stopped"
+
+static void marker_path(const struct scheduler *s, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/" STOPPED_MARKER, s->cfg->spool);
+}
+
+static bool lift_lease_fn(const char *id, uint16_t idx, struct queue_rcpt *r, void *arg)
+{
+    (void)id;
+    (void)idx;
+    int64_t now = *(const int64_t *)arg;
+    if (r->state != RCPT_DEFERRED || r->next_attempt <= now || r->next_attempt > now + LEASE)
+        return false;
+    r->next_attempt = now;      /* a backoff ending within LEASE goes early: harmless */
+    return true;
+}
+
+/* The recipients a killed daemon had in memory wait out their lease;
+ * nobody holds them now, so they are due at once. */
+static void lift_crash_leases(struct scheduler *s)
+{
+    char path[4096];
+    marker_path(s, path, sizeof path);
+    if (unlink(path) == 0)
+        return;                 /* stopped cleanly, nothing was in flight */
+    int64_t now = now_s();
+    size_t n = 0;
+    if (queue_rcpt_scan(s->q, NULL, lift_lease_fn, &now, &n) < 0)
+        log_warn("cannot look for recipients leased before a crash");
+    else if (n > 0)
+        log_info("%zu recipients were in memory when the daemon last stopped: due now", n);
+}
+
+static void leave_marker(const struct scheduler *s)
+{
+    char path[4096];
+    marker_path(s, path, sizeof path);
+    FILE *f = fopen(path, "w");
+    if (f != NULL)
+        fclose(f);
+}
+
 struct scheduler *scheduler_new(struct event_base *base, const struct bmx_config *cfg,
                                 struct queue *q, struct dns *dns)
 {
@@ -658,6 +704,7 @@ struct scheduler *scheduler_new(struct event_base *base, const struct bmx_config
         scheduler_free(s);
         return NULL;
     }
+    lift_crash_leases(s);
     sched_kick(s);
     return s;
 }
@@ -680,8 +727,10 @@ void scheduler_free(struct scheduler *s)
         }
         free(d);
     }
+    bool in_flight = false;
     for (size_t b = 0; s->leased != NULL && b < LEASE_BUCKETS; b++) {
         while (s->leased[b] != NULL) {
+            in_flight = true;
             struct lease *l = s->leased[b];
             s->leased[b] = l->next;
             /* A last try: otherwise the lease runs out and it goes twice. */
@@ -691,6 +740,8 @@ void scheduler_free(struct scheduler *s)
             free(l);
         }
     }
+    if (s->leased != NULL && !in_flight)
+        leave_marker(s);
     free(s->leased);
     if (s->tick_ev != NULL)
         event_free(s->tick_ev);
