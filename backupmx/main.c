@@ -25,6 +25,7 @@
 #include "dns.h"
 #include "scheduler.h"
 #include "control.h"
+#include "catchall_writer.h"
 #include "mail_server.h"
 #include "maildir.h"
 
@@ -180,6 +181,8 @@ static int run(const struct opts *o, struct bmx_config *cfg)
     srv.queue = queue_open(cfg->spool, &qo);
     if (srv.queue == NULL || queue_attach(srv.queue, srv.base) != 0)
         goto out;
+    if (cfg->nmailboxes > 0 && (srv.cawriter = ca_writer_new(srv.base)) == NULL)
+        goto out;
     srv.policy = policy_new(cfg);
     srv.verify = verify_new(srv.base, cfg, srv.queue);
     dns = dns_new(srv.base, cfg);
@@ -196,6 +199,8 @@ static int run(const struct opts *o, struct bmx_config *cfg)
 out:
     smtp_server_shutdown(&srv);
     mail_server_free(ms);
+    /* Copies being written finish; their callbacks free dead sessions. */
+    ca_writer_free(srv.cawriter);
     /* Delivery stops before the loop runs again: a NONBLOCK pass keeps going
      * while callbacks are active, and would drain the whole queue first. */
     control_free(ctl);

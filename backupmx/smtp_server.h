@@ -16,6 +16,7 @@ struct queue;
 struct policy;
 struct verify;
 struct scheduler;
+struct ca_writer;
 struct smtp_session;
 struct ipcount;
 
@@ -26,6 +27,7 @@ struct smtp_server {
     struct policy *policy;
     struct verify *verify;
     struct scheduler *sched;
+    struct ca_writer *cawriter;      /* catch-all copies, NULL without mailboxes */
     SSL_CTX *tls;
     struct evconnlistener **listeners;
     size_t nlisteners;

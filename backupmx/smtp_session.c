@@ -736,22 +736,53 @@ static int queue_message(struct smtp_session *s)
     return rc;
 }
 
-/* Catch-all copies are written (and synced) first: if one fails, nothing
- * was queued either and the client retries the whole transaction. Only
- * catch-all recipients: done here, 1 is returned and the reply is sent. */
+static void store_failed(struct smtp_session *s, int error)
+{
+    if (error == ENOSPC || error == EDQUOT)
+        reply(s, "452 4.3.1 Insufficient system storage");
+    else
+        reply(s, "451 4.3.0 Error: queue file write error");
+    log_warn("%s: cannot store message from unknown[%s]: %s", s->qid, s->ip, strerror(error));
+}
+
+/* The catch-all copies are on disk (or were taken back): queue the rest,
+ * or answer. A queue failure after the copies were made answers 4xx, and
+ * the client's retry makes those copies twice: duplicates, never loss. */
+static void catchall_stored_cb(void *arg, int error)
+{
+    struct smtp_session *s = arg;
+    s->commit_pending = false;
+    if (s->dead) {
+        session_free(s);
+        return;
+    }
+    if (error == 0 && queued_rcpts(s) > 0) {
+        if (queue_message(s) == 0) {
+            s->commit_pending = true;
+            return;
+        }
+        error = errno;
+    }
+    if (error != 0) {
+        store_failed(s, error);
+    } else {
+        log_info("%s: from=<%s>, size=%zu, nrcpt=%zu (delivered to mailbox)", s->qid,
+                 s->sender.full, evbuffer_get_length(s->msg), s->nrcpt);
+        reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+    }
+    txn_reset(s);
+    session_read(s);
+}
+
+/* Catch-all copies first (the writer thread syncs them in batches), then
+ * the queue: if a copy fails, nothing was queued and the client retries
+ * the whole transaction. */
 static int store_message(struct smtp_session *s)
 {
-    if (queued_rcpts(s) < s->nrcpt
-        && catchall_store(s->srv->cfg->hostname, s->qid, s->sender.full, s->rcpt,
-                          s->rcpt_mbox, s->nrcpt, s->msg) != 0)
-        return -1;
-    if (queued_rcpts(s) > 0)
+    if (queued_rcpts(s) == s->nrcpt)
         return queue_message(s);
-    log_info("%s: from=<%s>, size=%zu, nrcpt=%zu (delivered to mailbox)", s->qid,
-             s->sender.full, evbuffer_get_length(s->msg), s->nrcpt);
-    reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
-    txn_reset(s);
-    return 1;
+    return catchall_store(s->srv->cawriter, s->srv->cfg->hostname, s->qid, s->sender.full,
+                          s->rcpt, s->rcpt_mbox, s->nrcpt, s->msg, catchall_stored_cb, s);
 }
 
 static void data_done(struct smtp_session *s)
@@ -777,18 +808,11 @@ static void data_done(struct smtp_session *s)
         return;
     }
     session_enter(s, S_COMMIT);
-    int rc = store_message(s);
-    if (rc > 0)
-        return;
-    if (rc == 0) {
+    if (store_message(s) == 0) {
         s->commit_pending = true;
         return;
     }
-    if (errno == ENOSPC || errno == EDQUOT)
-        reply(s, "452 4.3.1 Insufficient system storage");
-    else
-        reply(s, "451 4.3.0 Error: queue file write error");
-    log_warn("%s: cannot queue message from unknown[%s]: %s", s->qid, s->ip, strerror(errno));
+    store_failed(s, errno);
     txn_reset(s);
 }
 

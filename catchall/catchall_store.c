@@ -15,7 +15,6 @@
 #include <event2/buffer.h>
 
 #include "log.h"
-#include "mailbox.h"
 #include "maildir.h"
 
 /* X-Original-To -> X-Untrusted-Original-To, Return-Path -> X-Untrusted-Return-Path */
@@ -108,70 +107,31 @@ char *catchall_rename_headers(const char *msg, size_t len, size_t *outlen)
     return out;
 }
 
-static void undo(const struct bmx_mailbox *const *mbox, char (*names)[256], size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (mbox[i] == NULL || names[i][0] == '\0')
-            continue;
-        char path[4096];
-        snprintf(path, sizeof path, "%s/new/%s", mbox[i]->maildir, names[i]);
-        if (unlink(path) != 0 && errno != ENOENT)
-            log_warn("cannot remove %s: %s", path, strerror(errno));
-    }
-}
-
-static int store_copy(const char *host, const char *sender, const char *rcpt,
-                      const struct bmx_mailbox *mb, const char *body, size_t blen,
-                      char *name, size_t namelen)
-{
-    char head[1200];
-    int hl = snprintf(head, sizeof head, "Return-Path: <%s>\r\nX-Original-To: %s\r\n",
-                      sender, rcpt);
-    if (hl < 0 || (size_t)hl >= sizeof head) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    struct iovec iov[2] = {
-        { .iov_base = head, .iov_len = (size_t)hl },
-        { .iov_base = (void *)body, .iov_len = blen },
-    };
-    return maildir_deliver(mb->maildir, host, iov, 2, name, namelen);
-}
-
-int catchall_store(const char *host, const char *qid, const char *sender,
+int catchall_store(struct ca_writer *w, const char *host, const char *qid, const char *sender,
                    char *const *rcpt, const struct bmx_mailbox *const *mbox, size_t n,
-                   struct evbuffer *msg)
+                   struct evbuffer *msg, ca_done_cb cb, void *arg)
 {
-    size_t len = evbuffer_get_length(msg), blen;
+    size_t len = evbuffer_get_length(msg), blen, ncopies = 0;
     const char *raw = (const char *)evbuffer_pullup(msg, -1);
     char *body = catchall_rename_headers(raw != NULL ? raw : "", len, &blen);
-    char (*names)[256] = calloc(n, sizeof *names);
-    int rc = -1, e = ENOMEM;
-    if (body == NULL || names == NULL)
-        goto out;
+    struct ca_copy *copies = calloc(n, sizeof *copies);
+    if (body == NULL || copies == NULL)
+        goto fail;
     for (size_t i = 0; i < n; i++) {
         if (mbox[i] == NULL)
             continue;
-        if (store_copy(host, sender, rcpt[i], mbox[i], body, blen, names[i], sizeof names[i]) != 0) {
-            e = errno;
-            log_warn("%s: to=<%s>, relay=local, mailbox=%s, status=deferred (cannot write %s: %s)",
-                     qid, rcpt[i], mbox[i]->name, mbox[i]->maildir, strerror(e));
-            undo(mbox, names, i);
-            goto out;
-        }
+        copies[ncopies].mb = mbox[i];
+        if ((copies[ncopies].rcpt = strdup(rcpt[i])) == NULL)
+            goto fail;
+        ncopies++;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (mbox[i] == NULL)
-            continue;
-        log_info("%s: to=<%s>, relay=local, mailbox=%s, size=%zu, status=sent (delivered to maildir as %s)",
-                 qid, rcpt[i], mbox[i]->name, blen, names[i]);
-        mailbox_notify(mbox[i]->maildir);
-    }
-    rc = 0;
-out:
+    if (ca_writer_submit(w, host, qid, sender, body, blen, copies, ncopies, cb, arg) == 0)
+        return 0;
+fail:
+    for (size_t i = 0; copies != NULL && i < ncopies; i++)
+        free(copies[i].rcpt);
+    free(copies);
     free(body);
-    free(names);
-    if (rc != 0)
-        errno = e;
-    return rc;
+    errno = ENOMEM;
+    return -1;
 }

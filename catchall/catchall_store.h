@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "catchall_writer.h"
 #include "config.h"
 
 struct evbuffer;
@@ -18,12 +19,13 @@ enum catchall_quota { CA_QUOTA_OK, CA_QUOTA_FULL, CA_QUOTA_ERROR };
 enum catchall_quota catchall_quota_check(const struct bmx_mailbox *mb, uint64_t incoming);
 
 /* Stores MSG (CRLF lines, dot-unstuffed, our Received: on top) once for
- * every I with MBOX[I] != NULL, as a copy for RCPT[I]. All or nothing:
- * when a copy fails, the copies already made are removed again and -1 is
- * returned with errno set; 0 means every copy is on disk (fsync'd). */
-int catchall_store(const char *host, const char *qid, const char *sender,
+ * every I with MBOX[I] != NULL, as a copy for RCPT[I], through the writer
+ * thread W. CB(ARG, error) runs on the loop when every copy is on disk
+ * (0), or after a failure took back the copies already made (errno).
+ * Returns -1 only when nothing could be queued (CB is not called). */
+int catchall_store(struct ca_writer *w, const char *host, const char *qid, const char *sender,
                    char *const *rcpt, const struct bmx_mailbox *const *mbox, size_t n,
-                   struct evbuffer *msg);
+                   struct evbuffer *msg, ca_done_cb cb, void *arg);
 
 /* The part of catchall_store that needs no disk, for tests: MSG with the
  * sender's own X-Original-To: and Return-Path: header fields renamed to

@@ -281,6 +281,74 @@ out:;
     return rc;
 }
 
+/* ---- batch delivery ------------------------------------------------------ */
+
+int maildir_stage(const char *dir, const char *host, const struct iovec *iov, int iovcnt,
+                  struct maildir_staged *st)
+{
+    char tmp[PATH_MAX];
+    st->fd = -1;
+    st->published = false;
+    if (make_name(st->name, sizeof st->name, host, iov_total(iov, iovcnt)) < 0
+        || mbox_path(tmp, sizeof tmp, dir, "tmp", st->name) < 0)
+        return -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    /* Writeback of every file of the batch starts now, so that the first
+     * fsync's journal commit finds their blocks allocated and covers them. */
+    if (write_all(fd, iov, iovcnt) < 0
+        || sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) < 0) {
+        int saved = errno;
+        close(fd);
+        unlink(tmp);
+        errno = saved;
+        return -1;
+    }
+    st->fd = fd;
+    return 0;
+}
+
+int maildir_stage_sync(struct maildir_staged *st)
+{
+    int rc = fsync(st->fd);
+    int saved = errno;
+    if (close(st->fd) < 0 && rc == 0)
+        rc = -1, saved = errno;
+    st->fd = -1;
+    errno = saved;
+    return rc;
+}
+
+int maildir_stage_publish(const char *dir, struct maildir_staged *st)
+{
+    char tmp[PATH_MAX], dst[PATH_MAX];
+    if (mbox_path(tmp, sizeof tmp, dir, "tmp", st->name) < 0
+        || mbox_path(dst, sizeof dst, dir, "new", st->name) < 0 || link(tmp, dst) < 0)
+        return -1;
+    st->published = true;
+    unlink(tmp);
+    return 0;
+}
+
+void maildir_stage_abort(const char *dir, struct maildir_staged *st)
+{
+    char path[PATH_MAX];
+    int saved = errno;
+    if (st->fd >= 0)
+        close(st->fd);
+    st->fd = -1;
+    if (mbox_path(path, sizeof path, dir, st->published ? "new" : "tmp", st->name) == 0)
+        unlink(path);
+    st->published = false;
+    errno = saved;
+}
+
+int maildir_sync_new(const char *dir)
+{
+    return mbox_fsync_dir(dir, "new");
+}
+
 /* ---- tmp cleanup -------------------------------------------------------- */
 
 static int clean_one(int dirfd, const char *name, void *arg)

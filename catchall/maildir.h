@@ -30,6 +30,26 @@ int maildir_ensure(const char *dir, char *err, size_t errlen);
 int maildir_deliver(const char *dir, const char *host, const struct iovec *iov, int iovcnt,
                     char *name, size_t namelen);
 
+/* Batch delivery (catchall_writer.c), so that a batch of copies costs
+ * about two journal commits instead of two per copy: each copy's tmp file
+ * is written and its writeback started (maildir_stage), then every staged
+ * file is synced and closed (maildir_stage_sync: after the first, the
+ * journal commit has covered most of the others), linked into new/
+ * (maildir_stage_publish), and each new/ synced once (maildir_sync_new).
+ * Only then is a copy on disk. maildir_stage_abort removes a staged copy
+ * from tmp/ or new/, wherever it got to. */
+struct maildir_staged {
+    int fd;                     /* open until synced */
+    bool published;             /* linked into new/ */
+    char name[256];             /* base name, with ,S=,W= */
+};
+int maildir_stage(const char *dir, const char *host, const struct iovec *iov, int iovcnt,
+                  struct maildir_staged *st);
+int maildir_stage_sync(struct maildir_staged *st);
+int maildir_stage_publish(const char *dir, struct maildir_staged *st);
+void maildir_stage_abort(const char *dir, struct maildir_staged *st);
+int maildir_sync_new(const char *dir);
+
 /* Parses a file name of new/ or cur/. BASELEN gets the length of the part
  * before ":2," (the whole name when there is none); SIZE gets S= (0 if
  * absent); FLAGS the known flag letters. Returns false for dot files. */
