@@ -85,7 +85,13 @@ struct mta_conn {
     unsigned replylines;         /* lines of it read so far */
     char replycode[3];           /* its code, which every line must repeat */
     unsigned pending;            /* replies owed to us (commands sent) */
+    struct flush_wait *wait;     /* the last results are not on disk yet */
     char last_error[SCHED_REPLY_MAX];
+};
+
+/* A connection waiting for the group commit of its last results. */
+struct flush_wait {
+    struct mta_conn *c;          /* NULL once the connection is gone */
 };
 
 static void conn_next_hop(struct mta_conn *c);
@@ -156,6 +162,9 @@ static void conn_free(struct mta_conn *c)
     if (c->dreq != NULL)
         dns_cancel(c->dreq);
     c->dreq = NULL;
+    if (c->wait != NULL)
+        c->wait->c = NULL;       /* the flush callback finds it gone */
+    c->wait = NULL;
     if (c->bev != NULL)
         bufferevent_free(c->bev);
     c->bev = NULL;
@@ -305,11 +314,39 @@ static void txn_start(struct mta_conn *c)
 }
 
 /* The transaction is over (well or not): record it, then the next one. */
+static void results_flushed_cb(void *arg, int error)
+{
+    (void)error;                 /* not on disk: a repeat later, never a loss */
+    struct flush_wait *w = arg;
+    struct mta_conn *c = w->c;
+    free(w);
+    if (c == NULL)
+        return;
+    c->wait = NULL;
+    conn_ready(c);
+}
+
+/* The next message waits until this one's results are on disk: otherwise
+ * results pile up behind a slow log flush, and a crash then repeats every
+ * message they covered, not just the one per connection in flight. */
+static void conn_ready_when_durable(struct mta_conn *c)
+{
+    struct flush_wait *w = malloc(sizeof *w);
+    if (w == NULL || queue_after_flush(c->s->q, results_flushed_cb, w) != 0) {
+        free(w);
+        conn_ready(c);
+        return;
+    }
+    w->c = c;
+    c->wait = w;
+    c->state = M_READY;
+}
+
 static void txn_end(struct mta_conn *c, bool clean)
 {
     job_finish(c);
     if (clean) {
-        conn_ready(c);
+        conn_ready_when_durable(c);
         return;
     }
     send_line(c, "RSET");
@@ -675,6 +712,9 @@ static bool read_reply(struct mta_conn *c, struct evbuffer *in, int *code, bool 
 static void reply_failed(struct mta_conn *c, const char *what)
 {
     snprintf(c->reply, sizeof c->reply, "%s %s", what, c->relay);
+    if (c->job == NULL && c->state > M_TLS)
+        /* nothing in flight to carry the reason into the log */
+        log_warn("%s: %s; connection closed", c->d->name, c->reply);
     if (c->state <= M_TLS)
         hop_failed(c, "%s", c->reply);
     else
@@ -696,7 +736,7 @@ static void read_cb(struct bufferevent *bev, void *arg)
             return;
         }
         if (c->pending == 0) {
-            reply_failed(c, "reply to no command from");
+            reply_failed(c, "more replies than commands from");
             return;
         }
         /* Bytes behind the last reply we were owed: the peer is ahead of

@@ -179,6 +179,11 @@ int queue_rcpt_update(struct queue *q, const char *id, uint16_t idx,
 /* Sets the message's flags word (QENV_*). 0, 1 (no such message), -1. */
 int queue_set_flags(struct queue *q, const char *id, uint32_t flags);
 
+/* CB(ARG, error) runs once the log flush that covers every commit made so
+ * far has returned (error != 0: it failed). -1 when there is no group
+ * commit to wait for (not attached to a loop): nothing is called. */
+int queue_after_flush(struct queue *q, queue_stored_cb cb, void *arg);
+
 /* Deletes a message, its recipients and its body. 0, 1 (no such), -1. */
 int queue_delete(struct queue *q, const char *id);
 

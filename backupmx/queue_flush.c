@@ -300,6 +300,14 @@ void queue_flush_soon(struct queue *q)
     q->dirty = true;
 }
 
+int queue_after_flush(struct queue *q, queue_stored_cb cb, void *arg)
+{
+    if (q->flush_ev == NULL || queue_park_reserve(q) != 0)
+        return -1;
+    queue_park(q, cb, arg);
+    return 0;
+}
+
 void queue_park(struct queue *q, queue_stored_cb cb, void *arg)
 {
     if (q->npark == 0 && !q->dirty)
