@@ -40,7 +40,7 @@ struct ca_writer {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct job *todo, **todo_tail;
+    struct job *queued, **queued_tail;
     struct job *done, **done_tail;
     bool stop, started;
     int pipefd[2];
@@ -97,22 +97,37 @@ static bool job_uses(const struct job *j, const char *dir)
  * every message with a copy there. */
 static void sync_dirs(struct job *batch)
 {
+    const char **dirs = NULL;
+    size_t n = 0, cap = 0;
     for (struct job *j = batch; j != NULL; j = j->next) {
         for (size_t i = 0; i < j->n && j->error == 0; i++) {
             const char *dir = j->copies[i].mb->maildir;
-            bool seen = false;
-            for (struct job *k = batch; k != j && !seen; k = k->next)
-                seen = k->error == 0 && job_uses(k, dir);
-            for (size_t m = 0; m < i && !seen; m++)
-                seen = strcmp(j->copies[m].mb->maildir, dir) == 0;
-            if (seen || maildir_sync_new(dir) == 0)
+            size_t k = 0;
+            while (k < n && strcmp(dirs[k], dir) != 0)
+                k++;
+            if (k < n)
                 continue;
-            int e = errno;
-            for (struct job *k = batch; k != NULL; k = k->next)
-                if (k->error == 0 && job_uses(k, dir))
-                    job_abort(k, k->n, e);
+            if (n == cap) {
+                const char **more = realloc(dirs, (cap ? 2 * cap : 8) * sizeof *dirs);
+                if (more == NULL) {
+                    job_abort(j, j->n, ENOMEM);
+                    break;
+                }
+                dirs = more;
+                cap = cap ? 2 * cap : 8;
+            }
+            dirs[n++] = dir;
         }
     }
+    for (size_t k = 0; k < n; k++) {
+        if (maildir_sync_new(dirs[k]) == 0)
+            continue;
+        int e = errno;
+        for (struct job *j = batch; j != NULL; j = j->next)
+            if (j->error == 0 && job_uses(j, dirs[k]))
+                job_abort(j, j->n, e);
+    }
+    free(dirs);
 }
 
 static void write_batch(struct job *batch)
@@ -128,15 +143,15 @@ static void write_batch(struct job *batch)
 /* Up to BATCH_COPIES copies (at least one message). */
 static struct job *take_batch(struct ca_writer *w)
 {
-    struct job *batch = w->todo, **tail = &batch;
+    struct job *batch = w->queued, **tail = &batch;
     size_t copies = 0;
     while (*tail != NULL && (copies == 0 || copies + (*tail)->n <= BATCH_COPIES)) {
         copies += (*tail)->n;
         tail = &(*tail)->next;
     }
-    w->todo = *tail;
-    if (w->todo == NULL)
-        w->todo_tail = &w->todo;
+    w->queued = *tail;
+    if (w->queued == NULL)
+        w->queued_tail = &w->queued;
     *tail = NULL;
     return batch;
 }
@@ -146,9 +161,9 @@ static void *writer_main(void *arg)
     struct ca_writer *w = arg;
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (w->todo == NULL && !w->stop)
+        while (w->queued == NULL && !w->stop)
             pthread_cond_wait(&w->cv, &w->mu);
-        if (w->todo == NULL)
+        if (w->queued == NULL)
             break;
         struct job *batch = take_batch(w);
         pthread_mutex_unlock(&w->mu);
@@ -223,7 +238,7 @@ struct ca_writer *ca_writer_new(struct event_base *base)
     struct ca_writer *w = calloc(1, sizeof *w);
     if (w == NULL)
         return NULL;
-    w->todo_tail = &w->todo;
+    w->queued_tail = &w->queued;
     w->done_tail = &w->done;
     w->pipefd[0] = w->pipefd[1] = -1;
     pthread_mutex_init(&w->mu, NULL);
@@ -288,8 +303,8 @@ int ca_writer_submit(struct ca_writer *w, const char *host, const char *qid,
     j->cb = cb;
     j->arg = arg;
     pthread_mutex_lock(&w->mu);
-    *w->todo_tail = j;
-    w->todo_tail = &j->next;
+    *w->queued_tail = j;
+    w->queued_tail = &j->next;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     return 0;

@@ -144,11 +144,11 @@ def children_tree(pid):
             with contextlib.suppress(OSError, IndexError, ValueError):
                 with open("/proc/%s/stat" % d) as f:
                     parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
+    out, unvisited = [], [pid]
+    while unvisited:
+        p = unvisited.pop()
         out.append(p)
-        todo.extend(c for c, pp in parent.items() if pp == p)
+        unvisited.extend(c for c, pp in parent.items() if pp == p)
     return out
 
 

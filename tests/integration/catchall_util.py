@@ -59,6 +59,14 @@ def crypt_sha512(password):
     return out.stdout.strip()
 
 
+def make_maildir(path):
+    """An empty Maildir (cur, new, tmp) at PATH, for a puller to deliver
+    into; returns PATH."""
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    return path
+
+
 class CatchallDaemon(Daemon):
     def __init__(self, pop3_tls="none", imap_tls="none", quota=None, extra="",
                  password=PASSWORD, maildir=None, **kw):

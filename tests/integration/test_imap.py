@@ -20,7 +20,7 @@ import time
 import unittest
 
 import harness
-from catchall_util import CatchallTestCase
+from catchall_util import CatchallTestCase, make_maildir
 from harness import wait_until
 
 # Advertised but not implemented, each would make some client misbehave
@@ -952,9 +952,7 @@ class Getmail(PullerBase):
         require("getmail")
         expected = self.fill()
         work = self.workdir()
-        maildir = os.path.join(work, "Maildir")
-        for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(maildir, sub))
+        maildir = make_maildir(os.path.join(work, "Maildir"))
         rc = os.path.join(work, "getmailrc")
         with open(rc, "w") as f:
             f.write("[retriever]\n"

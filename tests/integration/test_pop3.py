@@ -20,7 +20,7 @@ import time
 import unittest
 
 import harness
-from catchall_util import CatchallDaemon, CatchallTestCase
+from catchall_util import CatchallDaemon, CatchallTestCase, make_maildir
 
 UIDL_RE = re.compile(r"^[0-9a-f]{16}$")
 CAPA_ALWAYS = ("TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING",
@@ -813,9 +813,7 @@ class PullerMixin:
         want, plan = deliver_set(self.daemon)
         ncopies = sum(len(r) for _, r in plan)
         work = self.tmpdir()
-        md = os.path.join(work, "Maildir")
-        for sub in ("tmp", "new", "cur"):
-            os.makedirs(os.path.join(md, sub))
+        md = make_maildir(os.path.join(work, "Maildir"))
         conf = os.path.join(work, "mpoprc")
         with open(conf, "w") as f:
             f.write("defaults\n"
