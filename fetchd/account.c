@@ -5,13 +5,21 @@
  *          now; too large: leave and log; the rest, up to fetch_limit: fetch
  *   fetch  in batches bounded by count and bytes
  *   each   route (multidrop), deliver, then record it as delivered in the
- *          state database, synced to disk
- *   batch  then delete on the server what was recorded (unless keep)
+ *          state database (written to the log file, not yet synced); mda:
+ *          programs of up to mda_concurrency messages run while the next
+ *          ones are fetched, each message recorded once its own exited
+ *          (so messages may be recorded, and delivered, out of order)
+ *   batch  then sync the state's log once, and only then delete on the
+ *          server what was recorded (unless keep)
  *
  * A message is deleted only after its record is on disk, and recorded only
- * after the target accepted it: a crash anywhere loses nothing, and only a
+ * after the target accepted it: a crash anywhere loses nothing. Only a
  * message whose delivery had finished but whose record had not can be
- * delivered a second time. Partial deliveries (some recipients accepted,
+ * delivered a second time when fetchd dies (one, or up to mda_concurrency
+ * whose programs were running); when the machine dies, also the messages
+ * of the batch in hand whose records were not synced yet. One sync per
+ * batch instead of one per message: a device flush costs as much as a
+ * whole delivery. Partial deliveries (some recipients accepted,
  * others deferred) are recorded per recipient, so a retry reaches only the
  * missing ones. */
 #include "account.h"
@@ -26,6 +34,8 @@
 volatile sig_atomic_t fetchd_stopping;
 volatile sig_atomic_t fetchd_wakeup;
 
+struct inflight;
+
 struct run {
     const struct fd_account *a;
     struct state *st;
@@ -38,6 +48,7 @@ struct run {
     size_t ndone;
     bool target_down, state_failed;
     size_t cursor;              /* index in todo of the batch's first message */
+    const struct inflight *current;     /* the message the fetcher has in hand */
     struct {
         unsigned long listed, delivered, deferred, rejected, bounced, dropped, too_big,
             already, deleted;
@@ -100,24 +111,88 @@ static int record(struct run *r, const struct fetch_msg *m, bool done, char **rc
     return -1;
 }
 
+/* A message whose delivery was started: what settle() needs once every
+ * recipient has its outcome. mda: programs run while the next messages
+ * are fetched, so several can be under way. */
+struct inflight {
+    struct dmsg dm;             /* first: deliver_finished hands it back */
+    struct fetch_msg *m;
+    const struct state_rec *rec;
+    struct md_route rt;
+    char **rcpts;               /* the recipients it goes to now */
+    size_t n;
+    struct dresult *res;
+    const char *body;           /* valid only while r->current is this one */
+    size_t len;
+};
+
+static void inflight_free(struct inflight *f)
+{
+    free(f->rcpts);
+    free(f->res);
+    md_route_free(&f->rt);
+    free(f);
+}
+
+/* Routes the message; NULL when out of memory. */
+static struct inflight *inflight_new(struct run *r, struct fetch_msg *m,
+                                     const struct state_rec *rec, const char *body, size_t len)
+{
+    struct inflight *f = calloc(1, sizeof *f);
+    if (f == NULL)
+        return NULL;
+    *f = (struct inflight){ .m = m, .rec = rec, .body = body, .len = len };
+    if (md_route(body, len, &r->rules, &f->rt) != 0) {
+        free(f);
+        return NULL;
+    }
+    f->rcpts = calloc(f->rt.nrcpts + 1, sizeof *f->rcpts);
+    f->res = calloc(f->rt.nrcpts + 1, sizeof *f->res);
+    if (f->rcpts == NULL || f->res == NULL) {
+        inflight_free(f);
+        return NULL;
+    }
+    f->dm.res = f->res;
+    f->n = pending(&f->rt, rec, f->rcpts);
+    return f;
+}
+
+static void log_delivery(const struct run *r, const struct inflight *f)
+{
+    char desc[1024];
+    describe(desc, sizeof desc, f->rcpts, f->res, f->n);
+    log_info("%s: id=%s size=%zu from=<%s> via=%s %s", r->a->name, f->m->id, f->len,
+             f->rt.sender, f->rt.source, desc);
+}
+
+/* A bounce needs the message, which only the fetcher's callback has: the
+ * one in hand. smtp: and lmtp: (the only targets that bounce) finish it
+ * within the callback. */
+static int bounce(struct run *r, const struct inflight *f)
+{
+    if (f != r->current)
+        return -1;
+    return deliver_bounce(r->d, f->rt.sender, f->rcpts, f->res, f->n, f->body, f->len);
+}
+
 /* What to do after every recipient got an answer. Returns non-zero to stop
  * the batch. */
-static int settle(struct run *r, struct fetch_msg *m, const struct state_rec *rec,
-                  const struct md_route *rt, char **rcpts, size_t n, struct dresult *res,
-                  const char *body, size_t len)
+static int settle(struct run *r, const struct inflight *f)
 {
+    const struct state_rec *rec = f->rec;
+    struct fetch_msg *m = f->m;
     bool temp = false, perm = false;
-    char **ok = calloc(rec->nrcpts + n + 1, sizeof *ok);
+    char **ok = calloc(rec->nrcpts + f->n + 1, sizeof *ok);
     if (ok == NULL)
         return 1;
     size_t nok = 0;
     for (size_t i = 0; i < rec->nrcpts; i++)
         ok[nok++] = rec->rcpts[i];
-    for (size_t i = 0; i < n; i++) {
-        if (res[i].st == DS_OK)
-            ok[nok++] = rcpts[i];
-        temp |= res[i].st == DS_TEMP;
-        perm |= res[i].st == DS_PERM;
+    for (size_t i = 0; i < f->n; i++) {
+        if (f->res[i].st == DS_OK)
+            ok[nok++] = f->rcpts[i];
+        temp |= f->res[i].st == DS_TEMP;
+        perm |= f->res[i].st == DS_PERM;
     }
     int stop = 0;
     bool done = !temp && !perm;
@@ -127,14 +202,14 @@ static int settle(struct run *r, struct fetch_msg *m, const struct state_rec *re
         r->n.dropped++;
         done = true;
     } else if (!temp && perm && r->a->on_reject == REJECT_BOUNCE) {
-        if (deliver_bounce(r->d, rt->sender, rcpts, res, n, body, len) == 0) {
+        if (bounce(r, f) == 0) {
             log_warn("%s: id=%s: rejected for good, bounced to <%s>", r->a->name, m->id,
-                     rt->sender);
+                     f->rt.sender);
             r->n.bounced++;
             done = true;
         } else {
             log_warn("%s: id=%s: rejected for good, and the bounce to <%s> failed: kept on "
-                     "the server", r->a->name, m->id, rt->sender);
+                     "the server", r->a->name, m->id, f->rt.sender);
         }
     } else if (!temp && perm) {
         log_warn("%s: id=%s: REJECTED for good, KEPT on the server (on_reject = keep): "
@@ -155,6 +230,44 @@ static int settle(struct run *r, struct fetch_msg *m, const struct state_rec *re
     return stop;
 }
 
+/* Logs, records and frees one message whose delivery finished. */
+static int settle_one(struct run *r, struct dmsg *dm)
+{
+    struct inflight *f = (struct inflight *)dm;
+    log_delivery(r, f);
+    int stop = settle(r, f);
+    inflight_free(f);
+    return stop;
+}
+
+/* Settles the messages whose delivery finished; WAIT: all that were
+ * started, once their programs exited. Non-zero: stop the batch. */
+static int settle_finished(struct run *r, bool wait)
+{
+    int stop = 0;
+    struct dmsg *dm;
+    while ((dm = deliver_finished(r->d, wait)) != NULL)
+        stop |= settle_one(r, dm);
+    return stop;
+}
+
+/* Before a message is started: what finished is recorded, and when all
+ * mda_concurrency programs run, one is waited for. So at most that many
+ * messages are ever delivered and not yet recorded, which bounds the
+ * second deliveries after a crash; and a run that can no longer record
+ * starts nothing more. Non-zero: stop the batch. */
+static int make_room(struct run *r)
+{
+    int stop = settle_finished(r, false);
+    while (!stop && deliver_full(r->d)) {
+        struct dmsg *dm = deliver_finished(r->d, true);
+        if (dm == NULL)
+            break;
+        stop = settle_one(r, dm);
+    }
+    return stop;
+}
+
 static int on_message(const struct fetch_msg *cm, const char *body, size_t len, void *arg)
 {
     struct run *r = arg;
@@ -162,46 +275,37 @@ static int on_message(const struct fetch_msg *cm, const char *body, size_t len, 
     size_t idx = r->cursor;
     while (idx < r->ntodo && r->todo[idx] != m)
         idx++;
-    const struct state_rec *rec = &r->recs[idx];
     r->n.bytes += len;
-    struct md_route rt;
-    if (md_route(body, len, &r->rules, &rt) != 0) {
+    struct inflight *f = inflight_new(r, m, &r->recs[idx], body, len);
+    if (f == NULL) {
         log_err("%s: id=%s: out of memory", r->a->name, m->id);
         return 1;
     }
-    char **rcpts = calloc(rt.nrcpts + 1, sizeof *rcpts);
-    struct dresult *res = calloc(rt.nrcpts + 1, sizeof *res);
-    int stop = 1;
-    if (rcpts == NULL || res == NULL)
-        goto out;
-    size_t n = pending(&rt, rec, rcpts);
-    if (n == 0) {
+    if (f->n == 0) {
         /* Every recipient had it already (a partial record completed). */
-        stop = record(r, m, true, NULL, 0) != 0;
+        int stop = record(r, m, true, NULL, 0) != 0;
         if (!stop)
             r->done[r->ndone++] = m;
-        goto out;
+        inflight_free(f);
+        return stop;
     }
-    int rc = deliver_message(r->d, rt.sender, rcpts, n, body, len, res);
-    char desc[1024];
-    describe(desc, sizeof desc, rcpts, res, n);
-    log_info("%s: id=%s size=%zu from=<%s> via=%s %s", r->a->name, m->id, len, rt.sender,
-             rt.source, desc);
-    if (rc != 0) {
+    if (make_room(r) != 0) {
+        inflight_free(f);
+        return 1;
+    }
+    if (deliver_start(r->d, &f->dm, f->rt.sender, f->rcpts, f->n, body, len) != 0) {
+        log_delivery(r, f);
         log_warn("%s: delivery target %s is unavailable: leaving the rest on the server "
                  "until the next run", r->a->name, r->a->deliver.spec);
         r->target_down = true;
         r->n.deferred++;
-        goto out;
+        inflight_free(f);
+        return 1;
     }
-    stop = settle(r, m, rec, &rt, rcpts, n, res, body, len);
-    if (fetchd_stopping)
-        stop = 1;
-out:
-    free(rcpts);
-    free(res);
-    md_route_free(&rt);
-    return stop;
+    r->current = f;
+    int stop = settle_finished(r, false);
+    r->current = NULL;
+    return stop || fetchd_stopping;
 }
 
 static int cmp_id(const void *a, const void *b)
@@ -273,10 +377,19 @@ static int sort_listing(struct run *r, struct fetch_msg *msgs, size_t n,
     return 0;
 }
 
+/* Every deletion on the server goes through here (POP3 DELE, IMAP STORE
+ * and EXPUNGE; QUIT comes later still): the records of M are synced to
+ * disk first. */
 static int remove_msgs(struct run *r, struct fetcher *f, struct fetch_msg **m, size_t n)
 {
     if (n == 0 || r->a->keep)
         return 0;
+    if (state_flush(r->st) != 0) {
+        log_err("%s: %s: stopping this run (nothing more is deleted)", r->a->name,
+                state_error(r->st));
+        r->state_failed = true;
+        return -1;
+    }
     if (f->ops->remove(f, m, n) != FETCH_OK) {
         log_err("%s: deleting on the server: %s", r->a->name, f->err);
         return -1;
@@ -302,6 +415,10 @@ static int drain(struct run *r, struct fetcher *f)
         r->cursor = i;
         r->ndone = 0;
         int rc = f->ops->fetch(f, r->todo + i, k, on_message, r);
+        /* The programs still running finish and their messages are
+         * recorded before anything is deleted (and before an error ends
+         * the run: nothing is left running). */
+        settle_finished(r, true);
         /* What was recorded is deleted even if the batch stopped early. */
         if (remove_msgs(r, f, r->done, r->ndone) != 0)
             return -1;
@@ -362,7 +479,7 @@ int account_run(const struct fd_account *a, struct state *st, struct fetcher **s
     r.n.listed = n;
     if (prune(&r, msgs, n) != 0 || sort_listing(&r, msgs, n, &stale, &nstale) != 0)
         goto out;
-    if ((r.d = deliver_new(&a->deliver, (int)a->timeout)) == NULL)
+    if ((r.d = deliver_new(&a->deliver, (int)a->timeout, (size_t)a->mda_concurrency)) == NULL)
         goto out;
     if (remove_msgs(&r, f, stale, nstale) != 0 || drain(&r, f) != 0)
         goto out;

@@ -42,6 +42,7 @@ static cfg_opt_t account_opts[] = {
     CFG_STR("batch_count", NULL, CFGF_NONE),
     CFG_STR("batch_size", NULL, CFGF_NONE),
     CFG_STR("idle", NULL, CFGF_NONE),
+    CFG_STR("mda_concurrency", NULL, CFGF_NONE),
     CFG_END()
 };
 
@@ -430,6 +431,9 @@ static void load_limits(const struct confsec *s, struct fd_account *a)
         a->batch_size = 16u << 20;
     }
     a->idle = confsec_bool(s, "idle", true);
+    /* 1 by default: with N programs at once, a crash can deliver N
+     * messages a second time instead of one (fetchd(8)). */
+    a->mda_concurrency = confsec_long(s, "mda_concurrency", 1, 1, 64);
     if (a->on_reject == REJECT_BOUNCE && a->deliver.kind == DELIVER_MDA)
         confsec_error(s, "on_reject", confsec_opt_line(s, "on_reject"),
                       "\"bounce\" sends the bounce through deliver, which must be smtp: or lmtp:");

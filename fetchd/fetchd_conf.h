@@ -56,6 +56,7 @@ struct fd_account {
     long batch_count;           /* IMAP: messages per UID FETCH */
     uint64_t batch_size;        /* IMAP: bytes per UID FETCH */
     bool idle;                  /* use IMAP IDLE in daemon mode when offered */
+    long mda_concurrency;       /* mda: programs running at once */
 };
 
 struct fd_config {

@@ -4,10 +4,15 @@
  * recovery at open, log files removed once a checkpoint no longer needs
  * them), one btree "delivered.db". Key: ACCOUNT '\0' ID. Value: "D" for a
  * message that is done, or "P" followed by the NUL-terminated recipients
- * already delivered to. Every put is its own transaction, committed with a
- * synchronous log flush: the record is on disk before the server is told
- * to delete the message. A crash before the commit can only lead to a
- * second delivery of that one message; a crash after it, to none. */
+ * already delivered to. Every put is its own transaction, committed with
+ * DB_TXN_WRITE_NOSYNC: the log record is written to the file (so it
+ * survives the death of fetchd, kill -9 included) but not synced, which
+ * would cost a device flush per message. state_flush() syncs the log once
+ * for a whole batch, and account.c calls it before it tells the server to
+ * delete anything: a record is on disk before its message is deleted. A
+ * crash of fetchd before a commit can only lead to a second delivery of
+ * that one message; a crash of the machine before the flush, to a second
+ * delivery of the batch's messages delivered so far; never to a loss. */
 #include "state_bdb.h"
 
 #include <db.h>
@@ -217,7 +222,7 @@ int state_put(struct state *st, const char *account, const char *id, bool done,
     if (rc == 0) {
         rc = st->db->put(st->db, txn, &key, &val, 0);
         if (rc == 0)
-            rc = txn->commit(txn, DB_TXN_SYNC);
+            rc = txn->commit(txn, DB_TXN_WRITE_NOSYNC);
         else
             txn->abort(txn);
     }
@@ -225,6 +230,16 @@ int state_put(struct state *st, const char *account, const char *id, bool done,
     free(v);
     if (rc != 0) {
         set_err(st, "recording a delivery", rc);
+        return -1;
+    }
+    return 0;
+}
+
+int state_flush(struct state *st)
+{
+    int rc = st->env->log_flush(st->env, NULL);
+    if (rc != 0) {
+        set_err(st, "syncing the state to disk", rc);
         return -1;
     }
     return 0;

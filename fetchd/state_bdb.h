@@ -1,8 +1,8 @@
 /* Exactly-once bookkeeping: which server messages (per account, by POP3
  * UIDL or IMAP MAILBOX/UIDVALIDITY/UID) were already delivered, in a small
- * transactional Berkeley DB environment under the state directory. A record
- * is committed and synced to disk before the message is deleted on the
- * server. */
+ * transactional Berkeley DB environment under the state directory. Records
+ * are committed one by one and synced to disk together (state_flush) before
+ * their messages are deleted on the server. */
 #ifndef FETCHD_STATE_BDB_H
 #define FETCHD_STATE_BDB_H
 
@@ -27,10 +27,15 @@ void state_close(struct state *st);
 int state_get(struct state *st, const char *account, const char *id, struct state_rec *rec);
 void state_rec_free(struct state_rec *rec);
 
-/* Records a message as done, or partially delivered to RCPTS; the
- * transaction is committed and the log flushed to disk on return 0. */
+/* Records a message as done, or partially delivered to RCPTS; on return 0
+ * the transaction is committed and written to the log file, which
+ * survives fetchd's death but not yet the machine's: see state_flush. */
 int state_put(struct state *st, const char *account, const char *id, bool done,
               char *const *rcpts, size_t nrcpts);
+
+/* Syncs every record committed so far to disk. Call it, and check it,
+ * before deleting on the server a message recorded as done. */
+int state_flush(struct state *st);
 
 /* Forgets the records of ACCOUNT whose id is not among IDS (sorted with
  * strcmp): the server no longer has those messages. Returns the number
