@@ -42,6 +42,7 @@
 #define MTA_MAX_HOPS 16
 #define MTA_LINE_MAX 4096
 #define MTA_REPLY_LINES 100      /* EHLO replies are ~10 lines */
+#define MTA_UNFLUSHED_MAX 1      /* see conn_ready_when_durable */
 #define MTA_CONNECT_TIMEOUT 30
 
 enum mta_state {
@@ -85,11 +86,15 @@ struct mta_conn {
     unsigned replylines;         /* lines of it read so far */
     char replycode[3];           /* its code, which every line must repeat */
     unsigned pending;            /* replies owed to us (commands sent) */
-    struct flush_wait *wait;     /* the last results are not on disk yet */
+    /* Results of this connection's last messages not on disk yet (oldest
+     * first), and whether the connection waits for the oldest. */
+    struct flush_wait *wait[MTA_UNFLUSHED_MAX + 1];
+    size_t nwait;
+    bool blocked;
     char last_error[SCHED_REPLY_MAX];
 };
 
-/* A connection waiting for the group commit of its last results. */
+/* A connection's results waiting for the group commit. */
 struct flush_wait {
     struct mta_conn *c;          /* NULL once the connection is gone */
 };
@@ -162,9 +167,9 @@ static void conn_free(struct mta_conn *c)
     if (c->dreq != NULL)
         dns_cancel(c->dreq);
     c->dreq = NULL;
-    if (c->wait != NULL)
-        c->wait->c = NULL;       /* the flush callback finds it gone */
-    c->wait = NULL;
+    for (size_t i = 0; i < c->nwait; i++)
+        c->wait[i]->c = NULL;    /* the flush callback finds it gone */
+    c->nwait = 0;
     if (c->bev != NULL)
         bufferevent_free(c->bev);
     c->bev = NULL;
@@ -322,13 +327,23 @@ static void results_flushed_cb(void *arg, int error)
     free(w);
     if (c == NULL)
         return;
-    c->wait = NULL;
-    conn_ready(c);
+    size_t i = 0;
+    while (i < c->nwait && c->wait[i] != w)
+        i++;
+    if (i == c->nwait)
+        return;
+    memmove(&c->wait[i], &c->wait[i + 1], (c->nwait - i - 1) * sizeof c->wait[0]);
+    c->nwait--;
+    if (c->blocked && c->nwait <= MTA_UNFLUSHED_MAX) {
+        c->blocked = false;
+        conn_ready(c);
+    }
 }
 
-/* The next message waits until this one's results are on disk: otherwise
+/* The next message may go while the last one's results are being
+ * flushed (the flush overlaps the delivery), but no further: otherwise
  * results pile up behind a slow log flush, and a crash then repeats every
- * message they covered, not just the one per connection in flight. */
+ * message they covered, not just the few per connection in flight. */
 static void conn_ready_when_durable(struct mta_conn *c)
 {
     struct flush_wait *w = malloc(sizeof *w);
@@ -338,8 +353,13 @@ static void conn_ready_when_durable(struct mta_conn *c)
         return;
     }
     w->c = c;
-    c->wait = w;
+    c->wait[c->nwait++] = w;
     c->state = M_READY;
+    if (c->nwait <= MTA_UNFLUSHED_MAX) {
+        conn_ready(c);
+        return;
+    }
+    c->blocked = true;
 }
 
 static void txn_end(struct mta_conn *c, bool clean)

@@ -20,11 +20,13 @@ until the queue has drained (bounded wait) and the ledger is settled:
   duplicated  extra copies at the primary: at most the messages that were in
               flight at the kills. A message is in flight from the moment
               the primary has it (its 250 to our DATA) until the daemon has
-              recorded it as delivered; one connection carries one message
-              at a time, so at a kill at most as many are in flight as the
-              daemon has connections to the primary, which is at most
-              queue.concurrency. A kill while the primary refuses at the
-              greeting has none. The bound is the sum over the kills.
+              recorded it as delivered, on disk; one connection carries one
+              message at a time and goes on to the next while the last
+              one's result is being flushed, but not further, so at a kill
+              at most two per connection to the primary are in flight, and
+              there are at most queue.concurrency connections. A kill while
+              the primary refuses at the greeting has none. The bound is
+              the sum over the kills.
               RFC 5321 6.1: duplicates are preferred over loss, but only
               those the protocol cannot avoid.
 
@@ -622,8 +624,9 @@ class CrashLedger(unittest.TestCase):
                     got = self.wait_deliveries(1, rng.random() * 0.5)
                 if got == 0:
                     idle_redelivery += 1
-                # The primary is up: at most CONCURRENCY messages in flight.
-                self.kill("redelivery", CONCURRENCY,
+                # The primary is up: at most 2 messages in flight per
+                # connection (one being delivered, one being recorded).
+                self.kill("redelivery", 2 * CONCURRENCY,
                           "%d of %d pending delivered, aimed at %d" % (got, pending, r))
                 self.sink.set_greeting(GREETING_DOWN)
                 led.collect(self.sink)
