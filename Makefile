@@ -88,7 +88,8 @@ run: deps
 	@tests/run-example.sh
 
 # Both variants run the same suites; run-tests.sh prints the one summary line.
-check: test-deps
+# bench-deps: test_bench_quick smoke-tests bench/run with tiny sizes.
+check: test-deps bench-deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory SAN=1 all
 	@tests/run-tests.sh
@@ -235,10 +236,11 @@ fuzz:
 	tests/fuzz/run.sh build
 	tests/fuzz/run.sh fuzz $(FUZZ_SECONDS)
 
-# Side-by-side benchmarks (not part of make check): bench/results/LATEST.md.
+# Side-by-side benchmarks (make check runs only bench-quick's smoke test):
+# bench/results/LATEST.md.
 .PHONY: bench bench-quick bench-deps
 bench-deps:
-	bench/install-deps.sh
+	@bench/install-deps.sh
 bench: all bench-deps
 	bench/run
 bench-quick: all bench-deps

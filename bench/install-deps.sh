@@ -6,7 +6,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PKGS="postfix dovecot-imapd dovecot-pop3d fetchmail getmail6 gcc libc6-dev
+PKGS="postfix dovecot-imapd dovecot-pop3d fetchmail getmail6 gcc libc6-dev openssl
       util-linux procps"
 
 missing=""

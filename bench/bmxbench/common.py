@@ -87,13 +87,14 @@ def stop_proc(p, sig=signal.SIGTERM, timeout=10):
             p.wait(5)
 
 
-def run_timed(args, timeout, outfile=None, env=None, cwd=None):
+def run_timed(args, timeout, outfile=None, env=None, cwd=None, preexec_fn=None):
     """Runs ARGS to completion. Returns (rc, wall seconds, own CPU seconds
     (user+sys from wait4), output text)."""
     out = open(outfile, "wb+") if outfile else subprocess.PIPE
     t0 = time.monotonic()
     p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
-                         stderr=subprocess.STDOUT, env=env, cwd=cwd)
+                         stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                         preexec_fn=preexec_fn)
     _procs.append(p)
     deadline = t0 + timeout
     status = ru = None

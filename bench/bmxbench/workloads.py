@@ -9,6 +9,7 @@ import contextlib
 import os
 import poplib
 import pwd
+import re
 import shutil
 import socket
 import ssl  # noqa: F401  (kept for TLS idle sessions)
@@ -20,10 +21,23 @@ import time
 from .common import (BUILD, ROOT, BenchFailure, busy_cpu, compile_c, log,
                      mem_of, raise_nofile, run_timed, tree_cpu, wait_until)
 from . import systems
-from .systems import SENDER, RCPT, Backupmx, OpenSMTPD, PostfixBackup, Sink
+from .systems import (SENDER, RCPT, Backupmx, OpenSMTPD, PostfixBackup,
+                      PostfixFinal, Sink)
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import dovecot as dovecot_mod  # noqa: E402
+
+
+def split_dest(dest):
+    """"mda4" is the MDA with fetchd's mda_concurrency = 4: ("mda", 4)."""
+    if dest.startswith("mda") and dest[3:].isdigit():
+        return "mda", int(dest[3:])
+    return dest, 1
+
+
+def dest_label(dest):
+    d, conc = split_dest(dest)
+    return d if conc == 1 else "%s (mda_concurrency %d)" % (d, conc)
 
 
 def row(workload, system, metric, unit, better, value, n=None, extra=""):
@@ -45,15 +59,17 @@ def make_system(kind, primary_port, **kw):
 
 # --- 1 + 2: durable intake with the primary down, then the flush -------------------
 
-def intake_once(kind, sessions, msgs, size, flush=False, timeout=600):
-    """One intake run into a fresh KIND; with FLUSH, then the flush of the
-    queue to smtp-sink. Returns rows."""
+def intake_once(kind, sessions, msgs, size, flush=None, snapshots=None, timeout=600):
+    """One intake run into a fresh KIND; with FLUSH ("sink" or "postfix"),
+    then the flush of the queue to that primary (smtp-sink or a real
+    Postfix primary). With SNAPSHOTS (a dict), a copy of the queue as the
+    intake left it is put there under KIND first, for flush_snapshot().
+    Returns rows."""
     wl = "intake -s %d -m %d -l %d" % (sessions, msgs, size)
     dead = systems.free_port()
     s = make_system(kind, dead)
     name = getattr(s, "label", kind)
     rows = []
-    sink = None
     try:
         s.start()
         time.sleep(0.3)
@@ -87,6 +103,8 @@ def intake_once(kind, sessions, msgs, size, flush=False, timeout=600):
         if stored != msgs:
             raise BenchFailure("%s: LOST MAIL: %d of %d messages in the queue (%s)"
                                % (name, stored, msgs, how))
+        if snapshots is not None:
+            snapshots[kind] = snapshot_queue(s, kind)
         rows.append(row(wl, name, "accept rate", "msg/s", "higher", msgs / wall, msgs,
                         "queued %d (%s), %d KiB on disk" % (stored, how, disk or 0)))
         rows.append(row(wl, name, "CPU per 1000 msgs", "CPU-s", "lower",
@@ -100,38 +118,375 @@ def intake_once(kind, sessions, msgs, size, flush=False, timeout=600):
         if flush:
             if kind == "backupmx":
                 s.start()
-                time.sleep(0.5)
-            sink = Sink(port=dead)
-            root = s.root_pid()
-            d0 = tree_cpu(root)
-            c0, t0 = busy_cpu(), time.monotonic()
-            sink.start()
-            s.flush()
-            wait_until(lambda: s.live_count() == 0, timeout,
-                       "%s: empty queue after flush" % name, 0.1)
-            t1, c1 = time.monotonic(), busy_cpu()
-            own = tree_cpu(root) - d0
-            wait_until(lambda: sink.count() >= msgs, 30,
-                       "smtp-sink counting %d messages" % msgs, 0.1)
-            got = sink.count()
-            if got < msgs:
-                raise BenchFailure("%s: LOST MAIL in flush: sink got %d of %d"
-                                   % (name, got, msgs))
-            fl = "flush %d x %d B to smtp-sink" % (msgs, size)
-            rows.append(row(fl, name, "flush rate", "msg/s", "higher", msgs / (t1 - t0),
-                            msgs, "%.1f s from sink start to empty queue; sink got %d"
-                            % (t1 - t0, got)))
-            rows.append(row(fl, name, "CPU per 1000 msgs", "CPU-s", "lower",
-                            (c1 - c0) / msgs * 1000, msgs, "whole machine incl. sink"))
-            rows.append(row(fl, name, "daemon CPU per 1000 msgs", "CPU-s", "lower",
-                            own / msgs * 1000, msgs, "process tree %.1f CPU-s" % own))
-            log("  %-16s %-26s %7.0f msg/s  (%.1f s, sink got %d)"
-                % (name, fl, msgs / (t1 - t0), t1 - t0, got))
+                time.sleep(0.3)
+            rows.extend(flush_once(s, name, msgs, size, flush, dead, timeout))
     finally:
-        if sink:
-            sink.cleanup()
         s.cleanup()
     return rows
+
+
+# Not copied from a Postfix queue_directory: sockets and the pid file.
+POSTFIX_RUNTIME = ("pid", "public", "private")
+
+
+def snapshot_queue(s, kind):
+    """A copy of S's queue (backupmx: the stopped daemon's whole spool;
+    Postfix: its queue directories, qmgr having settled) in a directory of
+    its own, synced so that its write-back does not fall into the next
+    measurement."""
+    snap = systems.mkstate("bench-snap-")
+    t0 = time.monotonic()
+    if kind == "backupmx":
+        src = [(s.spool, "spool")]
+    elif kind == "postfix":
+        if not s.settled():
+            raise BenchFailure("postfix: queue not settled for the snapshot")
+        src = [(os.path.join(s.spool, q), q) for q in sorted(os.listdir(s.spool))
+               if q not in POSTFIX_RUNTIME]
+    else:
+        raise ValueError(kind)
+    for path, name in src:
+        subprocess.run(["cp", "-a", path, os.path.join(snap, name)], check=True)
+    subprocess.run(["sync", "-f", snap], check=False)
+    log("  %-16s queue copied for the Postfix-primary flush in %.1f s"
+        % (kind, time.monotonic() - t0))
+    return snap
+
+
+def flush_snapshot(kind, snap, msgs, size, to="postfix", timeout=600):
+    """A fresh KIND on the queue copied by snapshot_queue() (moved into its
+    state directory), flushed to TO. Returns rows."""
+    dead = systems.free_port()
+    s = make_system(kind, dead)
+    name = getattr(s, "label", kind)
+    try:
+        if kind == "backupmx":
+            os.rmdir(s.spool)
+            os.rename(os.path.join(snap, "spool"), s.spool)
+        else:
+            for q in os.listdir(snap):
+                os.rename(os.path.join(snap, q), os.path.join(s.spool, q))
+            # the copies' names no longer match their inodes: `postfix start`
+            # runs postsuper's structure check, which renames them and logs
+            # that (as the mail owner: it must be able to write the log)
+            pf = pwd.getpwnam("postfix")
+            with open(s.maillog, "a"):
+                pass
+            os.chown(s.maillog, pf.pw_uid, pf.pw_gid)
+        s.start()
+        n = s.live_count()
+        if n != msgs:
+            raise BenchFailure("%s: %d of %d messages in the copied queue" % (name, n, msgs))
+        time.sleep(0.3)
+        return flush_once(s, name, msgs, size, to, dead, timeout)
+    finally:
+        s.cleanup()
+        shutil.rmtree(snap, ignore_errors=True)
+
+
+def wait_flushed(s, name, accepted, msgs, timeout):
+    """Waits until the primary has accepted MSGS (ACCEPTED(), cheap) and then
+    until S's queue is empty; returns that moment. The queue itself is only
+    looked at every 2 s before then: `bmxq stats` walks backupmx's whole
+    queue, and polling it all along would load the daemon being measured. A
+    queue that is empty while the primary has fewer than MSGS for 10 s is
+    lost mail."""
+    t0 = time.monotonic()
+    last_look = t0
+    empty_since = None
+    while True:
+        now = time.monotonic()
+        got = accepted()
+        if got >= msgs:
+            if s.live_count() == 0:
+                return time.monotonic()
+            time.sleep(0.01)
+            continue
+        if now - last_look >= 2.0:
+            last_look = now
+            if s.live_count() == 0:
+                empty_since = empty_since or now
+                if now - empty_since > 10:
+                    raise BenchFailure("%s: LOST MAIL in flush: the queue is empty, "
+                                       "the primary got %d of %d" % (name, got, msgs))
+            else:
+                empty_since = None
+        if now - t0 > timeout:
+            raise BenchFailure("%s: flush not done after %ss: the primary got %d of %d"
+                               % (name, timeout, got, msgs))
+        time.sleep(0.05)
+
+
+def flush_once(s, name, msgs, size, to, port, timeout=600):
+    """Flushes S's queue of MSGS messages to a primary started on PORT:
+    smtp-sink (TO == "sink") or a real Postfix primary (TO == "postfix").
+    Time from the primary's start (smtp-sink: before it is spawned; Postfix:
+    once it answers 220, since its own start-up takes a second or two) until
+    S's queue is empty, after which the primary must have all MSGS."""
+    if to == "sink":
+        prim = Sink(port=port)
+        fl = "flush %d x %d B to smtp-sink" % (msgs, size)
+        accepted = delivered = prim.count
+    else:
+        prim = PostfixFinal(port)
+        fl = "flush %d x %d B to a Postfix primary" % (msgs, size)
+        accepted, delivered = prim.accepted, prim.delivered
+    try:
+        root = s.root_pid()
+        if to == "sink":
+            d0 = tree_cpu(root)
+            c0, t0 = busy_cpu(), time.monotonic()
+            prim.start()
+        else:
+            prim.start()
+            d0 = tree_cpu(root)
+            c0, t0 = busy_cpu(), time.monotonic()
+        s.flush()
+        t1 = wait_flushed(s, name, accepted, msgs, timeout)
+        c1 = busy_cpu()
+        own = tree_cpu(root) - d0
+        # Postfix: what it accepted must also be delivered (discard)
+        with contextlib.suppress(BenchFailure):
+            wait_until(lambda: delivered() >= msgs, 60, "delivery", 0.1)
+        got = delivered()
+        if got < msgs:
+            raise BenchFailure("%s: LOST MAIL in flush: the primary got %d of %d"
+                               % (name, got, msgs))
+        what = "sink got %d" % got if to == "sink" else \
+            "Postfix primary delivered %d to discard(8)" % got
+        rows = [row(fl, name, "flush rate", "msg/s", "higher", msgs / (t1 - t0), msgs,
+                    "%.1f s from the primary's start to an empty queue; %s"
+                    % (t1 - t0, what)),
+                row(fl, name, "CPU per 1000 msgs", "CPU-s", "lower",
+                    (c1 - c0) / msgs * 1000, msgs, "whole machine incl. the primary"),
+                row(fl, name, "daemon CPU per 1000 msgs", "CPU-s", "lower",
+                    own / msgs * 1000, msgs, "process tree %.1f CPU-s" % own)]
+        log("  %-16s %-26s %7.0f msg/s  (%.1f s, %s)"
+            % (name, fl, msgs / (t1 - t0), t1 - t0, what))
+        return rows
+    finally:
+        prim.cleanup()
+
+
+def primary_ceiling(msgs, size, sessions=20, timeout=600):
+    """What the Postfix primary of the flush accepts by itself: smtp-source
+    with SESSIONS sessions straight into a fresh one, timed until it has
+    accepted MSGS. No backup MX can flush to it faster than this."""
+    port = systems.free_port()
+    prim = PostfixFinal(port)
+    fl = "flush %d x %d B to a Postfix primary" % (msgs, size)
+    name = "ceiling: smtp-source -s %d into the primary" % sessions
+    try:
+        prim.start()
+        t0 = time.monotonic()
+        rc, wall, _, out = run_timed(
+            ["smtp-source", "-s", str(sessions), "-m", str(msgs), "-l", str(size),
+             "-f", SENDER, "-t", RCPT, "127.0.0.1:%d" % port], timeout=timeout)
+        if rc != 0:
+            raise BenchFailure("%s: smtp-source exit %d: %s" % (name, rc, out[-500:]))
+        wait_until(lambda: prim.accepted() >= msgs, 60, "primary accepted", 0.05)
+        t1 = time.monotonic()
+        log("  %-16s %-26s %7.0f msg/s" % ("primary alone", fl, msgs / (t1 - t0)))
+        return [row(fl, name, "flush rate", "msg/s", "higher", msgs / (t1 - t0), msgs,
+                    "%.1f s for smtp-source to get %d accepted" % (t1 - t0, msgs))]
+    finally:
+        prim.cleanup()
+
+
+# --- the queue at scale: intake and bmxq with 0, 100k, 1M messages queued ------------
+
+QFILL = os.path.join(ROOT, "build", "tests", "qfill")
+# Recipients that fail are not due again for 30 minutes: the only scheduler
+# work while a level is measured is the new mail's first attempt, the same
+# at every level (mail taken in at an earlier level is not retried at once
+# when the daemon starts at the next).
+SCALE_QUEUE = "retry_min = 30m"
+
+
+def level_name(n):
+    if n >= 1000000 and n % 1000000 == 0:
+        return "%dM" % (n // 1000000)
+    if n >= 1000 and n % 1000 == 0:
+        return "%dk" % (n // 1000)
+    return str(n)
+
+
+def as_nobody():
+    pw = pwd.getpwnam("nobody")
+
+    def fn():
+        os.setgroups([])
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    return fn
+
+
+def qfill(spool, n, body):
+    """Adds N messages of BODY bytes to the stopped daemon's SPOOL with
+    build/tests/qfill, as the user the daemon runs as. Checks the free
+    space first (a million 400-byte messages take ~0.9 GB)."""
+    if not os.path.exists(QFILL):
+        raise BenchFailure("%s is not built (make)" % QFILL)
+    st = os.statvfs(spool)
+    avail = st.f_bavail * st.f_frsize
+    need = n * (body + 1200) + (512 << 20)
+    log("  df %s: %d MB free, %d MB needed for %d more messages"
+        % (spool, avail >> 20, need >> 20, n))
+    if avail < need:
+        raise BenchFailure("queue scale: %d MB free on %s, %d MB needed"
+                           % (avail >> 20, spool, need >> 20))
+    rc, wall, _cpu, out = run_timed([QFILL, "-s", str(body), "-b", "2000", spool, str(n)],
+                                    timeout=max(120, n / 2000), preexec_fn=as_nobody())
+    if rc != 0:
+        raise BenchFailure("qfill %d: exit %d: %s" % (n, rc, out[-500:]))
+    log("  qfill: %d messages in %.1f s (%.0f msg/s)" % (n, wall, n / wall))
+    return wall
+
+
+def stats_count(text):
+    m = re.search(r"^messages: (\d+)", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+class QueueScale:
+    """Issue 8's queue scale: intake into backupmx and `bmxq stats` (and
+    `bmxq list | tail -1`) with LEVELS messages already queued. One spool is
+    filled incrementally (qfill, daemon stopped) from level to level and the
+    daemon started on it at each level, primary down; in every round of every
+    level a fresh daemon on an empty spool runs the same intake first, so the
+    "0 queued" reference is measured beside each level (A/B/A/B)."""
+
+    def __init__(self, levels, rounds, intake, body, attempt):
+        self.levels = levels
+        self.rounds = rounds
+        self.sessions, self.msgs, self.size = intake
+        self.body = body
+        self.attempt = attempt
+        self.big = None
+        self.filled = 0          # messages qfill put into the big spool
+        self.extra = 0           # our own intake into the big spool so far
+        self.start_rows = []     # the big daemon's start, shown with its level
+        self.notes = []
+        self.wl = "queue scale: intake -s %d -m %d -l %d" % intake
+
+    def label(self, level):
+        return "backupmx, %s queued" % level_name(level)
+
+    def intake(self, s, level, expect):
+        """One intake into the running S; `bmxq stats` after it, whose
+        message count must be EXPECT."""
+        name = self.label(level)
+        root = s.root_pid()
+        d0 = tree_cpu(root)
+        rc, wall, _gen, out = run_timed(
+            ["smtp-source", "-s", str(self.sessions), "-m", str(self.msgs),
+             "-l", str(self.size), "-f", SENDER, "-t", RCPT, "127.0.0.1:%d" % s.port],
+            timeout=600)
+        own = tree_cpu(root) - d0
+        if rc != 0:
+            raise BenchFailure("%s: smtp-source exit %d: %s" % (name, rc, out[-500:]))
+        rc, swall, _c, sout = run_timed([os.path.join(systems.BIN, "bmxq"), "-f", s.conf,
+                                         "stats"], timeout=600)
+        n = stats_count(sout)
+        if rc != 0 or n is None:
+            raise BenchFailure("%s: bmxq stats: exit %d: %s" % (name, rc, sout[-300:]))
+        if n != expect:
+            raise BenchFailure("%s: LOST MAIL: bmxq stats counts %d messages, %d expected"
+                               % (name, n, expect))
+        log("  %-24s intake %6.0f msg/s, daemon %.2f CPU-s/1000; bmxq stats %.2f s (%d queued)"
+            % (name, self.msgs / wall, own / self.msgs * 1000, swall, n))
+        return [row(self.wl, name, "accept rate", "msg/s", "higher", self.msgs / wall,
+                    self.msgs, "%d queued after the run (bmxq stats)" % n),
+                row(self.wl, name, "daemon CPU per 1000 msgs", "CPU-s", "lower",
+                    own / self.msgs * 1000, self.msgs, "process tree %.1f CPU-s" % own),
+                row("queue scale: bmxq stats", name, "wall time", "s", "lower", swall, n,
+                    "%d messages counted" % n)]
+
+    def empty_run(self):
+        s = Backupmx(systems.free_port(), queue_extra=SCALE_QUEUE)
+        try:
+            t0 = time.monotonic()
+            s.start()
+            t_start = time.monotonic() - t0
+            rows = self.intake(s, 0, self.msgs)
+            rows.append(row("queue scale: daemon start", self.label(0),
+                            "start to SMTP banner", "s", "lower", t_start, 0))
+            return rows
+        finally:
+            s.cleanup()
+
+    def list_tail(self, s, level, expect):
+        name = self.label(level)
+        cmd = "'%s' -f '%s' list | tail -1" % (os.path.join(systems.BIN, "bmxq"), s.conf)
+        rc, wall, _c, out = run_timed(["sh", "-c", cmd], timeout=900)
+        m = re.search(r"in (\d+) requests?", out)
+        if rc != 0 or not m or int(m.group(1)) != expect:
+            raise BenchFailure("%s: bmxq list | tail -1: %r (%d expected)"
+                               % (name, out[-300:], expect))
+        log("  %-24s bmxq list | tail -1: %.2f s" % (name, wall))
+        return [row("queue scale: bmxq list piped to tail -1", name, "wall time", "s", "lower",
+                    wall, expect, out.strip()[-80:])]
+
+    def fill(self, level):
+        """The big spool up to LEVEL prefilled messages (daemon stopped)."""
+        if self.big is None:
+            self.big = Backupmx(systems.free_port(), queue_extra=SCALE_QUEUE)
+            # one clean start and stop: the spool is what a daemon that ran
+            # and stopped leaves (no crash recovery scan at the next start)
+            self.big.start()
+            self.big.stop()
+        self.big.stop()
+        wall = qfill(self.big.spool, level - self.filled, self.body)
+        self.notes.append("queue scale: qfill added %d messages (%d -> %d) in %.1f s"
+                          % (level - self.filled, self.filled, level, wall))
+        self.filled = level
+        return []
+
+    def start_big(self, level):
+        t0 = time.monotonic()
+        self.big.start(timeout=600)
+        t = time.monotonic() - t0
+        log("  %-24s daemon start to SMTP banner: %.2f s" % (self.label(level), t))
+        self.start_rows = [row("queue scale: daemon start", self.label(level),
+                               "start to SMTP banner", "s", "lower", t, level, "")]
+        return []
+
+    def big_run(self, level):
+        self.extra += self.msgs
+        rows = self.intake(self.big, level, level + self.extra)
+        rows, self.start_rows = rows + self.start_rows, []
+        return rows
+
+    def run(self):
+        try:
+            filled = [lv for lv in self.levels if lv > 0]
+            if not filled:       # only the empty queue asked for
+                for r in range(self.rounds):
+                    log("queue scale 0 queued, round %d/%d" % (r + 1, self.rounds))
+                    self.attempt("queue scale 0 queued", self.empty_run)
+            for level in filled:
+                log("queue scale: filling to %s queued" % level_name(level))
+                if not self.attempt("queue scale fill %s" % level_name(level),
+                                    lambda: self.fill(level)):
+                    return
+                if not self.attempt("queue scale start %s" % level_name(level),
+                                    lambda: self.start_big(level)):
+                    return
+                for r in range(self.rounds):
+                    log("queue scale %s queued, round %d/%d"
+                        % (level_name(level), r + 1, self.rounds))
+                    self.attempt("queue scale 0 queued", self.empty_run)
+                    if not self.attempt("queue scale %s queued" % level_name(level),
+                                        lambda: self.big_run(level)):
+                        return   # its queue's count is unknown from here on
+                    if r == 0:
+                        self.attempt("queue scale %s list" % level_name(level),
+                                     lambda: self.list_tail(self.big, level,
+                                                            level + self.extra))
+                self.big.stop()
+        finally:
+            if self.big is not None:
+                self.big.cleanup()
 
 
 # --- 3: drain a Maildir out of Dovecot ----------------------------------------
@@ -194,10 +549,14 @@ class DrainBench:
     def stop(self):
         for x in (self.smtp, self.lmtp):
             x.cleanup()
-        if self.bmx is not None:
-            self.bmx.stop()
-        self.dv.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            if self.bmx is not None:
+                self.bmx.stop()
+        finally:
+            if self.bmx is not None:
+                self.bmx.cleanup()   # its state directory too
+            self.dv.stop()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def ports(self, source):
         srv = self.dv if source == "dovecot" else self.bmx
@@ -228,6 +587,7 @@ class DrainBench:
 
     # --- the clients ----------------------------------------------------------
     def run_client(self, client, proto, dest, n, size, source="dovecot"):
+        dest, conc = split_dest(dest)
         user = self.fill(n, size, source)
         work = tempfile.mkdtemp(prefix="%s-%s-" % (client, proto), dir=self.tmp)
         counter = os.path.join(work, "mda.count")
@@ -236,7 +596,7 @@ class DrainBench:
         sink = {"smtp": self.smtp, "lmtp": self.lmtp}.get(dest)
         before = sink.count() if sink else 0
         if client == "fetchd":
-            args, env = self.fetchd_args(work, user, proto, port, dest, counter)
+            args, env = self.fetchd_args(work, user, proto, port, dest, counter, conc)
         elif client == "fetchmail":
             args, env = self.fetchmail_args(work, user, proto, port, dest, counter)
         else:
@@ -264,7 +624,7 @@ class DrainBench:
             % (name, n, wall, n / wall, got, left))
         return wall, c1 - c0, got, own_cpu
 
-    def fetchd_args(self, work, user, proto, port, dest, counter):
+    def fetchd_args(self, work, user, proto, port, dest, counter, conc=1):
         deliver = {"smtp": "smtp:127.0.0.1:%d" % self.smtp.port,
                    "lmtp": "lmtp:127.0.0.1:%d" % self.lmtp.port,
                    "mda": "mda:/bin/sh -c 'cat >/dev/null && echo >> %s'" % counter}[dest]
@@ -275,8 +635,9 @@ class DrainBench:
                     '  server = "127.0.0.1"\n  protocol = "%s"\n  port = %d\n'
                     '  tls = "none"\n  user = "%s"\n  password = "%s"\n'
                     '  deliver = "%s"\n  envelope = "X-Original-To"\n'
-                    '  localdomains = { "example.org" }\n  keep = false\n}\n'
-                    % (work, proto, port, user, PASSWORD, deliver.replace('"', '\\"')))
+                    '  localdomains = { "example.org" }\n  keep = false\n'
+                    '  mda_concurrency = %d\n}\n'
+                    % (work, proto, port, user, PASSWORD, deliver.replace('"', '\\"'), conc))
         os.chmod(conf, 0o600)
         return [self.fetchd_bin, "-1", "-f", conf], None
 
