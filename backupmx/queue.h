@@ -195,6 +195,15 @@ typedef bool (*queue_rcpt_fn)(const char *id, uint16_t idx, struct queue_rcpt *r
                               void *arg);
 int queue_rcpt_scan(struct queue *q, const char *id, queue_rcpt_fn fn, void *arg,
                     size_t *changed);
+/* The same scan over all messages, a few transactions at a time, for the
+ * event loop: queue_rcpt_scan_step() runs at most BATCHES of them and
+ * returns 1 when the scan is finished, 0 when more is left, -1 on an
+ * error. */
+struct queue_scan;
+struct queue_scan *queue_rcpt_scan_begin(queue_rcpt_fn fn, void *arg);
+int queue_rcpt_scan_step(struct queue *q, struct queue_scan *sc, unsigned batches);
+size_t queue_rcpt_scan_changed(const struct queue_scan *sc);
+void queue_rcpt_scan_free(struct queue_scan *sc);
 
 #define QENV_WARNED    0x04      /* the delay notice has been sent */
 

@@ -403,3 +403,35 @@ int queue_rcpt_scan(struct queue *q, const char *id, queue_rcpt_fn fn, void *arg
         *changed = a.changed;
     return 0;
 }
+
+struct queue_scan {
+    struct scan_args a;
+};
+
+struct queue_scan *queue_rcpt_scan_begin(queue_rcpt_fn fn, void *arg)
+{
+    struct queue_scan *sc = calloc(1, sizeof *sc);
+    if (sc != NULL) {
+        sc->a.fn = fn;
+        sc->a.arg = arg;
+    }
+    return sc;
+}
+
+int queue_rcpt_scan_step(struct queue *q, struct queue_scan *sc, unsigned batches)
+{
+    for (unsigned i = 0; i < batches && !sc->a.finished; i++)
+        if (in_txn(q, "recipient scan", NULL, scan_batch, &sc->a) < 0)
+            return -1;
+    return sc->a.finished ? 1 : 0;
+}
+
+size_t queue_rcpt_scan_changed(const struct queue_scan *sc)
+{
+    return sc->a.changed;
+}
+
+void queue_rcpt_scan_free(struct queue_scan *sc)
+{
+    free(sc);
+}

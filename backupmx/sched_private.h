@@ -58,6 +58,7 @@ struct scheduler {
     size_t nready;               /* recipients held in ready lists */
     struct mta_conn *conns;      /* live connections */
     struct lease **leased;       /* hash set of recipients in memory */
+    struct due_scan *due_scans;  /* destinations back up (sched_due.c) */
     struct sched_stats st;
 };
 
@@ -72,6 +73,14 @@ void sched_kick(struct scheduler *s);
 void job_free(struct job *j);
 int64_t sched_lifetime(const struct scheduler *s, const struct dest *d);
 bool sched_is_leased(struct scheduler *s, const char *id, uint16_t idx);
+
+/* The domain of a recipient address (after the last @). */
+const char *sched_rcpt_domain(const char *addr);
+
+/* sched_due.c: make a destination's deferred recipients due, a few
+ * transactions per loop pass. */
+void sched_due_start(struct scheduler *s, const char *domain);
+void sched_due_free_all(struct scheduler *s);
 
 /* mta.c */
 int mta_start(struct scheduler *s, struct dest *d);

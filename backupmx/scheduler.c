@@ -66,7 +66,7 @@ static int64_t rcpt_backoff(const struct scheduler *s, uint32_t attempts)
 
 /* ---- destinations ------------------------------------------------------ */
 
-static const char *addr_domain(const char *addr)
+const char *sched_rcpt_domain(const char *addr)
 {
     const char *at = strrchr(addr, '@');
     return at ? at + 1 : "";
@@ -459,17 +459,6 @@ void sched_dest_failed(struct scheduler *s, struct dest *d, const char *why)
     dest_requeue(s, d);
 }
 
-static bool make_due_fn(const char *id, uint16_t idx, struct queue_rcpt *r, void *arg)
-{
-    (void)id;
-    (void)idx;
-    const char *domain = arg;
-    if (r->state != RCPT_DEFERRED || strcasecmp(addr_domain(r->addr), domain) != 0)
-        return false;
-    r->next_attempt = now_s();
-    return true;
-}
-
 void sched_dest_up(struct scheduler *s, struct dest *d)
 {
     if (!d->down)
@@ -477,9 +466,7 @@ void sched_dest_up(struct scheduler *s, struct dest *d)
     d->down = false;
     d->backoff = 0;
     d->last_error[0] = '\0';
-    size_t n = 0;
-    queue_rcpt_scan(s->q, NULL, make_due_fn, d->name, &n);
-    log_info("destination %s is up again: %zu recipients due now", d->name, n);
+    sched_due_start(s, d->name);
     sched_kick(s);
 }
 
@@ -541,7 +528,7 @@ static void take_rcpt(struct scheduler *s, const struct queue_envelope *env,
     const struct queue_rcpt *r = &env->rcpt[idx];
     if (r->state != RCPT_DEFERRED || lease_slot(s, env->id, idx)[0] != NULL)
         return;
-    struct dest *d = dest_get(s, addr_domain(r->addr));
+    struct dest *d = dest_get(s, sched_rcpt_domain(r->addr));
     if (d == NULL)
         return;
     if (now - env->arrival >= sched_lifetime(s, d)) {
@@ -714,6 +701,7 @@ void scheduler_free(struct scheduler *s)
     if (s == NULL)
         return;
     mta_free_all(s);
+    sched_due_free_all(s);
     while (s->dests != NULL) {
         struct dest *d = s->dests;
         s->dests = d->next;

@@ -24,6 +24,7 @@ Every MX host is reached on queue.mx_port (one port, the same on every
 import email
 import email.utils
 import math
+import os
 import random
 import re
 import time
@@ -819,3 +820,73 @@ domain "hash.test"     { mode = "relay"  primary = { "127.0.0.1:%(hash)d" } }
         sink.wait(lambda s: s.messages_to("user@hash.test"), 5,
                   "delivery after ETRN #hash.test")
         c.quit()
+
+
+# ---------------------------------------------------------------------------
+# 4. A big queue whose destination answers again: the loop keeps serving
+
+class BigQueueComesBack(unittest.TestCase):
+    """100,000 recipients deferred for an hour (qfill, daemon stopped), one
+    more message that makes the daemon find the primary down. When the
+    primary answers again every deferred recipient of it is made due,
+    which rewrites each one: that must not stop the event loop, so SMTP
+    sessions are served while it goes on. The daemon's own log shows the
+    order: a session's "connect from" between the scan's start and its
+    "N recipients due now", and N is every queued recipient."""
+
+    N = 100000
+
+    def test_sessions_served_while_recipients_are_made_due(self):
+        qfill = os.path.join(harness.BUILD, "tests", "qfill")
+        if not os.access(qfill, os.X_OK):
+            self.skipTest("build/tests/qfill is not built")
+        port = harness.free_ports(1)[0]
+        sink = SinkPrimary(port, greeting="421 4.3.2 primary down for the test")
+        self.addCleanup(sink.stop)
+        tmpl = TEMPLATE_HEAD + """
+queue { retry_min = 1s  retry_max = 1s  lifetime = 10d  delay_warning = 0 }
+domain "big.test" { mode = "relay"  primary = { "127.0.0.1:%d" } }
+""" % port
+        d = harness.Daemon(template=tmpl)
+        self.addCleanup(d.cleanup)
+        ids = None
+        if harness.is_root():
+            import pwd
+            pw = pwd.getpwnam("nobody")
+            ids = (pw.pw_uid, pw.pw_gid)
+        cp = harness.run_tool([qfill, "-b", "5000", "-t", "u@big.test", d.spool,
+                               str(self.N)], timeout=300, ids=ids)
+        self.assertIn(b"stored=%d" % self.N, cp.stdout)
+        d.start()
+        self.addCleanup(d.stop)
+
+        c = harness.SMTPClient(d.port)
+        c.banner()
+        c.ehlo()
+        c.send_mail(sender=SENDER, rcpts=["now@big.test"],
+                    msg=harness.make_message("makes the daemon try big.test"))
+        c.quit()
+        wait_until(lambda: re.search(r"destination big\.test is down", d.log()),
+                   30, "the daemon finds big.test down")
+
+        sink.set_greeting("220 big.test ESMTP")
+        served = 0
+        deadline = time.monotonic() + 120
+        while not re.search(r"destination big\.test is up again: \d+ recipients",
+                            d.log()):
+            self.assertLess(time.monotonic(), deadline, "no end of the scan in the log")
+            s = harness.SMTPClient(d.port)
+            s.banner()
+            s.quit()
+            served += 1
+        log = d.log()
+        start = log.find("destination big.test answers again")
+        m = re.search(r"destination big\.test is up again: (\d+) recipients due now", log)
+        self.assertGreaterEqual(start, 0, "no start of the scan in the log")
+        self.assertGreaterEqual(int(m.group(1)), self.N, m.group(0))
+        between = log[start:m.start()]
+        self.assertIn("connect from", between,
+                      "no SMTP session was served while %d recipients were made due "
+                      "(%d sessions tried)" % (self.N, served))
+        print("# %d recipients made due, %d SMTP sessions during the scan"
+              % (int(m.group(1)), between.count("connect from")))
