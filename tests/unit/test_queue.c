@@ -646,6 +646,51 @@ static void test_corrupt_records(void **state)
     queue_close(q);
 }
 
+static u_int32_t msgs_pagesize(struct fix *f)
+{
+    DB_ENV *e = raw_env(f);
+    DB *msgs = raw_db(e, "messages.db", 0);
+    u_int32_t size = 0;
+    assert_int_equal(msgs->get_pagesize(msgs, &size), 0);
+    msgs->close(msgs, 0);
+    e->close(e, 0);
+    return size;
+}
+
+/* A new spool gets 64 KB message pages; one made with another page size
+ * keeps it and still works: BDB fixes the size when the file is created. */
+static void test_page_size(void **state)
+{
+    struct fix *f = *state;
+    static struct msg m[NMSG];
+    store_many(f, m, NMSG);
+    assert_int_equal(msgs_pagesize(f), 64 * 1024);
+}
+
+static void test_old_page_size(void **state)
+{
+    struct fix *f = *state;
+    static struct msg m[NMSG];
+    char path[256];
+    assert_int_equal(mkdir(spool_of(f), 0700), 0);
+    snprintf(path, sizeof path, "%s/db", spool_of(f));
+    assert_int_equal(mkdir(path, 0700), 0);
+    DB_ENV *e = raw_env(f);
+    DB *db;
+    assert_int_equal(db_create(&db, e, 0), 0);
+    assert_int_equal(db->set_pagesize(db, 4096), 0);
+    assert_int_equal(db->open(db, NULL, "messages.db", NULL, DB_BTREE,
+                              DB_CREATE | DB_AUTO_COMMIT, 0600), 0);
+    db->close(db, 0);
+    e->close(e, 0);
+
+    store_many(f, m, NMSG);
+    struct queue *q = open_rw(f);
+    check_all(q, m, NMSG);
+    queue_close(q);
+    assert_int_equal(msgs_pagesize(f), 4096);
+}
+
 /* The schedule index holds deferred and active recipients only, in time
  * order. */
 static void test_schedule_index(void **state)
@@ -809,6 +854,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_body_kept_until_delete_is_durable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphans, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_page_size, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_old_page_size, setup, teardown),
         cmocka_unit_test_setup_teardown(test_schedule_index, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9, setup, teardown),
     };
