@@ -164,9 +164,6 @@ struct queue_due {
  * or -1. */
 int queue_due(struct queue *q, int64_t now, struct queue_due *out, size_t max);
 
-/* Earliest next_attempt of any deferred recipient: 0 with *WHEN set, 1 when
- * there is none, -1 on error. */
-int queue_next_due(struct queue *q, int64_t *when);
 
 /* Rewrites recipient IDX of message ID with R (state, attempts,
  * next_attempt, last_error; the address is kept). When every recipient of

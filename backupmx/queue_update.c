@@ -63,31 +63,6 @@ int queue_due(struct queue *q, int64_t now, struct queue_due *out, size_t max)
     return (int)n;
 }
 
-int queue_next_due(struct queue *q, int64_t *when)
-{
-    DBC *c;
-    int ret = q->sched->cursor(q->sched, NULL, &c, 0);
-    if (ret != 0) {
-        queue_db_error("schedule cursor", NULL, ret);
-        return -1;
-    }
-    DBT skey = { .flags = DB_DBT_MALLOC };
-    DBT data = { .flags = DB_DBT_MALLOC | DB_DBT_PARTIAL, .dlen = 0 };
-    ret = c->get(c, &skey, &data, DB_FIRST);
-    c->close(c);
-    int rc = 1;
-    if (ret == 0 && skey.size == 8) {
-        *when = sched_time(skey.data);
-        rc = 0;
-    } else if (ret != 0 && ret != DB_NOTFOUND) {
-        queue_db_error("schedule first", NULL, ret);
-        rc = -1;
-    }
-    free(skey.data);
-    free(data.data);
-    return rc;
-}
-
 /* Deletes the message record and every recipient record of ID in TXN. */
 static int delete_in_txn(struct queue *q, DB_TXN *txn, const char *id)
 {

@@ -24,12 +24,13 @@ struct due_scan {
     char domain[256];
 };
 
+/* A recipient already pulled for delivery keeps its lease: made due, it
+ * would come back from the index on every tick while it is in flight. */
 static bool make_due_fn(const char *id, uint16_t idx, struct queue_rcpt *r, void *arg)
 {
-    (void)id;
-    (void)idx;
-    const char *domain = arg;
-    if (r->state != RCPT_DEFERRED || strcasecmp(sched_rcpt_domain(r->addr), domain) != 0)
+    struct due_scan *ds = arg;
+    if (r->state != RCPT_DEFERRED || sched_is_leased(ds->s, id, idx) ||
+        strcasecmp(sched_rcpt_domain(r->addr), ds->domain) != 0)
         return false;
     r->next_attempt = (int64_t)time(NULL);
     return true;
@@ -83,7 +84,7 @@ void sched_due_start(struct scheduler *s, const char *domain)
         goto fail;
     ds->s = s;
     snprintf(ds->domain, sizeof ds->domain, "%s", domain);
-    ds->sc = queue_rcpt_scan_begin(make_due_fn, ds->domain);
+    ds->sc = queue_rcpt_scan_begin(make_due_fn, ds);
     ds->ev = evtimer_new(s->base, due_scan_cb, ds);
     if (ds->sc == NULL || ds->ev == NULL) {
         queue_rcpt_scan_free(ds->sc);

@@ -38,9 +38,11 @@ static bool rcpt_in_domain(const char *addr, const char *domain)
 
 static bool change_fn(const char *id, uint16_t idx, struct queue_rcpt *r, void *arg)
 {
-    (void)idx;
     struct op *o = arg;
     if (r->state != o->from || (o->domain && !rcpt_in_domain(r->addr, o->domain)))
+        return false;
+    /* A flush leaves what is being delivered alone (see make_due_fn). */
+    if (o->from == o->to && sched_is_leased(o->s, id, idx))
         return false;
     r->state = o->to;
     r->next_attempt = o->now;

@@ -56,6 +56,7 @@ struct scheduler {
     struct event *tick_ev;
     struct dest *dests;
     size_t nready;               /* recipients held in ready lists */
+    bool refill;                 /* a tick found the lists full */
     struct mta_conn *conns;      /* live connections */
     struct lease **leased;       /* hash set of recipients in memory */
     struct due_scan *due_scans;  /* destinations back up (sched_due.c) */

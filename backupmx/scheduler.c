@@ -168,6 +168,10 @@ struct job *sched_take_job(struct scheduler *s, struct dest *d)
     d->nready -= j->n;
     s->nready -= j->n;
     j->next = NULL;
+    if (s->refill && s->nready <= READY_MAX / 2) {
+        s->refill = false;
+        sched_kick(s);
+    }
     return j;
 }
 
@@ -520,14 +524,31 @@ static void maybe_warn(struct scheduler *s, const struct queue_envelope *env,
     free(r);
 }
 
+/* A recipient still held in memory (waiting for a connection, or in
+ * flight) whose lease ran out in the index: hidden again for LEASE, else
+ * it would head the index, come back on every tick, and make the tick run
+ * again at once. The lease in memory stays. */
+static void lease_renew(struct scheduler *s, const char *id, uint16_t idx,
+                        const struct queue_rcpt *r, int64_t now)
+{
+    struct queue_rcpt hidden = *r;
+    hidden.next_attempt = now + LEASE;
+    if (rcpt_record(s, id, idx, &hidden) < 0)
+        log_err("%s: cannot renew the lease of recipient %u", id, idx);
+}
+
 /* One due recipient: expire it, park it behind a down destination, or
  * lease it into a job. J is the job being filled for this message. */
 static void take_rcpt(struct scheduler *s, const struct queue_envelope *env,
                       uint16_t idx, int64_t now, struct job **jobs, size_t *njobs)
 {
     const struct queue_rcpt *r = &env->rcpt[idx];
-    if (r->state != RCPT_DEFERRED || lease_slot(s, env->id, idx)[0] != NULL)
+    if (r->state != RCPT_DEFERRED)
         return;
+    if (lease_slot(s, env->id, idx)[0] != NULL) {
+        lease_renew(s, env->id, idx, r, now);
+        return;
+    }
     struct dest *d = dest_get(s, sched_rcpt_domain(r->addr));
     if (d == NULL)
         return;
@@ -622,11 +643,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         sched_kick(s);
         return;
     }
-    int64_t when;
-    int64_t wait = IDLE_TICK;
-    if (queue_next_due(s->q, &when) == 0 && when - now < wait)
-        wait = when - now;
-    tick_after(s, wait);
+    /* What is still due now could not be taken (full lists, an unreadable
+     * record): looking again at once would spin. Full lists are refilled
+     * when half drained (sched_take_job); the rest waits for a kick or the
+     * next second, which is also the schedule's resolution. */
+    s->refill = s->nready >= READY_MAX;
+    tick_after(s, IDLE_TICK);
 }
 
 /* ---- life cycle -------------------------------------------------------- */

@@ -399,6 +399,7 @@ class SinkPrimary(socketserver.ThreadingTCPServer):
     rules      list of (regex, reply) matched against the RCPT address in
                order; no match: "250 2.1.5 Ok" (set_rules() changes them)
     data_reply the reply to the end of DATA
+    data_delay seconds to wait before that reply (a slow primary)
 
     Counts accepted TCP connections (`connections`), tracks the most that
     were open at once (`max_open`), records every transaction
@@ -409,7 +410,7 @@ class SinkPrimary(socketserver.ThreadingTCPServer):
     request_queue_size = 128
 
     def __init__(self, port, host="127.0.0.1", greeting="220 sink.test ESMTP",
-                 rules=(), data_reply="250 2.0.0 Ok: queued",
+                 rules=(), data_reply="250 2.0.0 Ok: queued", data_delay=0.0,
                  ehlo_lines=("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 104857600",
                              "ENHANCEDSTATUSCODES")):
         self.lock = threading.Lock()
@@ -417,6 +418,7 @@ class SinkPrimary(socketserver.ThreadingTCPServer):
         self.greeting = greeting
         self.rules = [(re.compile(r, re.I), rep) for r, rep in rules]
         self.data_reply = data_reply
+        self.data_delay = data_delay
         self.ehlo_lines = list(ehlo_lines)
         self.connections = 0
         self.conn_times = []
@@ -596,6 +598,10 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                 tx.data = b"".join(chunks)
                 with srv.lock:
                     rep = srv.data_reply
+                    delay = srv.data_delay
+                if delay:
+                    time.sleep(delay)
+                with srv.lock:
                     srv.transactions.append(tx)
                 self.w(rep)
                 tx = None

@@ -280,6 +280,10 @@ class Flapping(_Base):
             rcpt = "m%05d@flap.test" % i
             items.append(dict(sender=SENDER, rcpts=[rcpt], msg=msg))
             sent[token] = (msg, rcpt)
+        # About 15 ms per message at the dot: the drain must outlast several
+        # periods, or a fast daemon would be done before the first reset.
+        fl.always("dot", Action(b"250 2.0.0 Ok: queued\r\n", chunk=8, delay=0.005,
+                                commit=True, name="slow dot"))
         fl.flap(1.0)
         try:
             qids = send_messages(d.port, items, sessions=4)
@@ -297,6 +301,7 @@ class Flapping(_Base):
                        % (len(arrived()), fl.kills, d.log_tail(15)))
         finally:
             fl.steady()
+            fl.always("dot", None)
         time.sleep(2)                   # late duplicates would show now
         counts = {}
         problems = []

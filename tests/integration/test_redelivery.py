@@ -322,10 +322,18 @@ domain "example.test" { mode = "relay"  primary = { "127.0.0.1:%d" } }
 # 2-6, 8. MX routing, outcomes, DSNs, lifetime, probe rate, log lines
 # =============================================================================
 
+def proc_cpu(pid):
+    """User + system CPU seconds of process PID (all its threads)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 RETRY_MIN = 1
 RETRY_MAX = 2
 CONCURRENCY = 4
 LIFETIME_SHORT = 5
+SLOW_DATA_DELAY = 0.3        # seconds the slow primary takes per message
 SENDER = "sender@sender.test"
 
 
@@ -342,7 +350,7 @@ class Redelivery(DaemonTestCase):
         try:
             cls.mxport = free_port_on(["127.0.0.%d" % k for k in (1, 2, 3, 4)])
             (cls.p_mixed, cls.p_perm, cls.p_probe, cls.p_logs,
-             cls.p_dead) = harness.free_ports(5)
+             cls.p_dead, cls.p_slow) = harness.free_ports(6)
             cls.dns = Dnsmasq([
                 # mx.test: the primary at 10, ourselves (by address only:
                 # the name is not our hostname) at 20, a worse MX at 30
@@ -384,6 +392,9 @@ class Redelivery(DaemonTestCase):
             started.append(cls.probe)
             cls.logs = SinkPrimary(cls.p_logs)
             started.append(cls.logs)
+            cls.slow = SinkPrimary(cls.p_slow, greeting="421 4.3.2 down for the test",
+                                   data_delay=SLOW_DATA_DELAY)
+            started.append(cls.slow)
             tmpl = TEMPLATE_HEAD + """
 resolver = { "127.0.0.1:%(dns)d" }
 queue { retry_min = %(rmin)ds  retry_max = %(rmax)ds  lifetime = 10m  delay_warning = 0
@@ -397,10 +408,12 @@ domain "perm.test"   { mode = "relay"  primary = { "127.0.0.1:%(perm)d" } }
 domain "expire.test" { mode = "relay"  primary = { "127.0.0.1:%(dead)d" }  lifetime = %(life)ds }
 domain "probe.test"  { mode = "relay"  primary = { "127.0.0.1:%(probe)d" } }
 domain "logs.test"   { mode = "relay"  primary = { "127.0.0.1:%(logs)d" } }
+domain "slow.test"   { mode = "relay"  primary = { "127.0.0.1:%(slow)d" } }
 @EXTRA@
 """ % dict(dns=cls.dns.port, rmin=RETRY_MIN, rmax=RETRY_MAX, conc=CONCURRENCY,
            mxport=cls.mxport, mixed=cls.p_mixed, perm=cls.p_perm, dead=cls.p_dead,
-           life=LIFETIME_SHORT, probe=cls.p_probe, logs=cls.p_logs)
+           life=LIFETIME_SHORT, probe=cls.p_probe, logs=cls.p_logs,
+           slow=cls.p_slow)
             cls.DAEMON_ARGS = dict(template=tmpl,
                                    limits=dict(errors=1000, recipients=10))
             super().setUpClass()
@@ -699,6 +712,39 @@ domain "logs.test"   { mode = "relay"  primary = { "127.0.0.1:%(logs)d" } }
         print("# drain: %d msgs in %.2fs over %d connections (max %d open)"
               % (n, t_drained, drain_conns, self.probe.max_open))
         self.assert_gone(qids, "after the drain")
+
+    def test_slow_drain_leaves_the_daemon_idle(self):
+        """While a slow primary drains the queue, the daemon waits: the
+        recipients in flight must not come back from the schedule index
+        (made due again when the destination came back) and the scheduler
+        must not look again at once for what it cannot take yet. Either
+        made it spin at 100% CPU."""
+        n = 80
+        items = [dict(sender=SENDER, rcpts=["s%03d@slow.test" % i],
+                      msg=harness.make_message("slow %d" % i))
+                 for i in range(n)]
+        qids = send_messages(self.daemon.port, items, sessions=2)
+        self.wait_line(r"destination slow\.test is down", 15)
+        self.slow.set_greeting("220 slow.test ESMTP")
+        self.wait_line(r"destination slow\.test is up again", RETRY_MAX + 10)
+        self.slow.wait(lambda s: len(s.delivered()) >= CONCURRENCY, 10,
+                       "the first deliveries to the slow primary")
+        c0, t0 = proc_cpu(self.daemon.pid), time.monotonic()
+        time.sleep(3)
+        c1, t1 = proc_cpu(self.daemon.pid), time.monotonic()
+        mid = len(self.slow.delivered())
+        self.assertLess(mid, n, "the drain ended before the measurement did")
+        self.assertLess(c1 - c0, 0.3 * (t1 - t0),
+                        "daemon CPU %.2fs in %.1fs of a drain at %.1f msg/s"
+                        % (c1 - c0, t1 - t0, CONCURRENCY / SLOW_DATA_DELAY))
+        self.slow.wait(lambda s: len(s.delivered()) >= n, 60, "all delivered")
+        time.sleep(0.5)
+        got = [r for r, tx in self.slow.delivered()]
+        self.assertEqual(sorted(got), sorted(set(got)), "delivered more than once")
+        self.assertEqual(len(got), n)
+        print("# slow drain: daemon CPU %.2fs in %.1fs, %d of %d delivered then"
+              % (c1 - c0, t1 - t0, mid, n))
+        self.assert_gone(qids, "after the slow drain")
 
     # --- 8. log lines ---------------------------------------------------------
     def test_log_lines_sent_deferred_bounced(self):
