@@ -92,6 +92,15 @@ static struct dest *dest_get(struct scheduler *s, const char *domain)
     return d;
 }
 
+int64_t scheduler_first_attempt(struct scheduler *s, const char *addr, int64_t now)
+{
+    const char *domain = sched_rcpt_domain(addr);
+    for (struct dest *d = s->dests; d != NULL; d = d->next)
+        if (strcasecmp(d->name, domain) == 0)
+            return d->down && d->next_probe > now ? d->next_probe : now;
+    return now;
+}
+
 /* ---- leases: recipients in memory, never pulled twice ------------------- */
 
 struct unwritten;

@@ -28,6 +28,12 @@ int scheduler_release(struct scheduler *s, const char *what); /* held -> due now
 int scheduler_delete(struct scheduler *s, const char *what);  /* removed, no DSN */
 int scheduler_bounce(struct scheduler *s, const char *what);  /* DSN now, removed */
 
+/* When a recipient for ADDR arriving NOW is first worth trying: now, or
+ * while its destination is known to be down, that destination's next
+ * probe. Mail that comes in during an outage is then not read back and
+ * rewritten by the scheduler only to wait for that probe. */
+int64_t scheduler_first_attempt(struct scheduler *s, const char *addr, int64_t now);
+
 /* True while recipient IDX of message ID is being delivered. */
 bool scheduler_active(struct scheduler *s, const char *id, uint16_t idx);
 

@@ -724,7 +724,8 @@ static int queue_message(struct smtp_session *s)
             continue;
         r[j].addr = s->rcpt[i];
         r[j].state = RCPT_DEFERRED;
-        r[j].next_attempt = now;
+        r[j].next_attempt = s->srv->sched == NULL ? now
+                            : scheduler_first_attempt(s->srv->sched, s->rcpt[i], now);
         j++;
     }
     struct queue_envelope env = {
