@@ -81,12 +81,16 @@ def intake_once(kind, sessions, msgs, size, flush=None, snapshots=None, timeout=
              "-f", SENDER, "-t", RCPT, "127.0.0.1:%d" % s.port], timeout=timeout)
         if rc != 0:
             raise BenchFailure("%s: smtp-source exit %d: %s" % (name, rc, out[-500:]))
-        # everything acknowledged must be in the queue; Postfix also has to
-        # move it out of incoming/ (qmgr), part of its cost per message
-        wait_until(lambda: s.live_count() >= msgs and s.settled(), 120,
-                   "%s: %d messages in the queue" % (name, msgs), 0.1)
+        # Postfix also has to move the mail out of incoming/ (qmgr), part of
+        # its cost per message; backupmx and OpenSMTPD are done at the 250.
+        wait_until(s.settled, 120, "%s: queue settled" % name, 0.1)
         c1, t1 = busy_cpu(), time.monotonic()
         own = tree_cpu(root) - d0
+        # Everything acknowledged must be in the queue. Counted after the
+        # measurement: `bmxq stats` walks backupmx's whole queue, which is
+        # the benchmark's work, not the cost of taking the mail in.
+        wait_until(lambda: s.live_count() >= msgs, 120,
+                   "%s: %d messages in the queue" % (name, msgs), 0.1)
         cpu = c1 - c0 - gen_cpu
         disk = s.disk_kib()
         # the check that counts: the stored queue
