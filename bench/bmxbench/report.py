@@ -167,12 +167,12 @@ def targets(agg, cfg):
                      key=lambda w: -int(w.split()[1])):
         check("%s vs Postfix" % wl, rate_ratio(wl, "flush rate", "backupmx", "postfix"),
               (1.5, ">= 1.5x", ">="))
-        ceil = [sy for (w, m, sy) in agg if w == wl and m == "flush rate"
-                and sy.startswith("ceiling")]
-        for sy in ceil:
-            check("%s: Postfix backup's rate / the primary's own intake (%s)"
+        ref = [sy for (w, m, sy) in agg if w == wl and m == "flush rate"
+               and sy.startswith("reference")]
+        for sy in ref:
+            check("%s: backupmx's rate / the primary's intake from %s"
                   % (wl, sy.split(": ", 1)[1]),
-                  rate_ratio(wl, "flush rate", "postfix", sy), (None, "(1.5x needs < 0.67)", None))
+                  rate_ratio(wl, "flush rate", "backupmx", sy), (None, "(for scale)", None))
     if not any(w.endswith(" to a Postfix primary") for (w, _m, _s) in agg):
         check("flush to a Postfix primary vs Postfix", None, (1.5, ">= 1.5x", ">="))
     best_fd = max([v for v in (med(agg, "drain", "drain rate", "fetchd %s->%s" % (p, d))
@@ -297,8 +297,9 @@ METHOD = """
   discard(8), the cheapest real delivery agent. Time from the moment that Postfix answers
   220 (its own start-up, 1-2 s, is not counted) until the backup's queue is empty; the
   primary's maillog must then show N `status=sent` lines from discard. The row
-  "ceiling" is that primary alone: smtp-source -s 20 -m N straight into a fresh instance,
-  timed until it has accepted N; no backup can flush to it faster. With `bench/run
+  "reference" is that primary fed by smtp-source -s 20 -m N straight into a fresh
+  instance, timed until it has accepted N: one connection per message, no pipelining,
+  so a backup that keeps its connections open and pipelines can beat it. With `bench/run
   --pflush-20k` the 20,000-message queue of the 20-session intake is flushed to it as
   well, from a copy taken right after the intake (backupmx: the stopped daemon's whole
   spool; Postfix: its queue directories once qmgr has settled; `postfix start` renames
