@@ -65,10 +65,8 @@ bool data_feed_line(struct data_state *d, const char *line, size_t len,
         d->too_big = true;
     if (d->in_header)
         scan_header(d, line, n);
-    if (keeping(d)) {
-        evbuffer_add(out, line, n);
-        evbuffer_add(out, "\r\n", 2);
-    }
+    if (keeping(d))              /* kept lines end in CRLF: bad_eol otherwise */
+        evbuffer_add(out, line, n + 2);
     return false;
 }
 
