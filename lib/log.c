@@ -11,12 +11,14 @@
 static const char *log_ident = "backupmx";
 static bool log_fg = true;
 static bool log_verb;
+static pid_t log_pid;            /* foreground only: nothing forks after log_init */
 
 void log_init(const char *ident, bool foreground, bool verbose)
 {
     log_ident = ident;
     log_fg = foreground;
     log_verb = verbose;
+    log_pid = getpid();
     if (!foreground)
         openlog(ident, LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
@@ -41,7 +43,7 @@ static void log_vemit(int prio, const char *level, const char *fmt, va_list ap)
     /* Build the whole line first so concurrent writers never interleave. */
     char line[4096];
     int n = snprintf(line, sizeof line, "%s.%03ldZ %s[%d]: %s", stamp,
-                     ts.tv_nsec / 1000000, log_ident, (int)getpid(), level);
+                     ts.tv_nsec / 1000000, log_ident, (int)(log_pid ? log_pid : getpid()), level);
     if (n < 0 || (size_t)n >= sizeof line)
         n = 0;
     int m = vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
