@@ -491,7 +491,7 @@ static void load_queue(struct confdoc *doc, cfg_t *root, struct bmx_config *c)
     c->queue.retry_min = confsec_positive_duration(&s, "retry_min", "1m");
     c->queue.retry_max = confsec_positive_duration(&s, "retry_max", "1h");
     c->queue.delay_warning = confsec_duration(&s, "delay_warning", "0");
-    c->queue.concurrency = confsec_long(&s, "concurrency", 4, 1, 1000);
+    c->queue.concurrency = confsec_long(&s, "concurrency", 10, 1, 1000);
     c->queue.mx_port = (int)confsec_long(&s, "mx_port", 25, 1, 65535);
     if (c->queue.retry_min > c->queue.retry_max && c->queue.retry_max > 0) {
         const char *at = confsec_given(&s, "retry_min") ? "retry_min" : "retry_max";

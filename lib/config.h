@@ -77,7 +77,7 @@ struct bmx_config {
         int64_t retry_min;      /* 1m */
         int64_t retry_max;      /* 1h */
         int64_t delay_warning;  /* 0 = off */
-        long concurrency;       /* 4 */
+        long concurrency;       /* 10 */
         int mx_port;            /* 25 */
     } queue;
 

@@ -287,7 +287,7 @@ METHOD = """
   counter; for the Postfix primary below, cleanup's `message-id=` lines in its maillog)
   and the queue (`bmxq stats`, which walks the whole queue, or the Postfix queue
   directories) only every 2 s until the primary has all N, then every 10 ms until the
-  queue is empty: polling `bmxq stats` all along would load the daemon being measured. Both systems at their default delivery concurrency (backupmx 4
+  queue is empty: polling `bmxq stats` all along would load the daemon being measured. Both systems at their default delivery concurrency (backupmx 10
   connections per destination, Postfix 20).
 - **Flush to a Postfix primary**: the queue left by the 1-session intake (5,000 x 4 KB,
   every round) is flushed, as above, to a second private Postfix listening on the

@@ -74,7 +74,7 @@ limits {{
   connections_per_ip = {conns}
   command_timeout = 5m
 }}
-queue {{ concurrency = {concurrency} {queue_extra} }}
+queue {{ {queue_opts} }}
 domain "example.test" {{ mode = "relay"  primary = {{ "127.0.0.1:{primary}" }} }}
 etrn {{ allow = {{ "127.0.0.1" }} }}
 {extra}
@@ -84,7 +84,7 @@ etrn {{ allow = {{ "127.0.0.1" }} }}
 class Backupmx:
     name = "backupmx"
 
-    def __init__(self, primary_port, conns=1000, concurrency=4, extra="", queue_extra=""):
+    def __init__(self, primary_port, conns=1000, concurrency=None, extra="", queue_extra=""):
         self.state = mkstate("bench-bmx-")
         self.spool = os.path.join(self.state, "spool")
         nobody = pwd.getpwnam("nobody")
@@ -96,8 +96,8 @@ class Backupmx:
         with open(self.conf, "w") as f:
             f.write(BMX_CONF.format(hostname=HOSTNAME, spool=self.spool,
                                     port=self.port, conns=conns,
-                                    concurrency=concurrency,
-                                    queue_extra=queue_extra,
+                                    queue_opts=("concurrency = %d " % concurrency
+                                                if concurrency else "") + queue_extra,
                                     primary=primary_port, extra=extra))
         self.logfile = os.path.join(self.state, "daemon.log")
         self.proc = None
