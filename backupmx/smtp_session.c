@@ -1133,7 +1133,11 @@ static void session_close(struct smtp_session *s)
 {
     session_enter(s, S_QUIT);
     bufferevent_disable(s->bev, EV_READ);
-    bufferevent_enable(s->bev, EV_WRITE);
+    /* A plain session's last reply goes out from flush_cb, which arms the
+     * write event only for what the socket does not take: no epoll change
+     * just to say 221. */
+    if (s->tls)
+        bufferevent_enable(s->bev, EV_WRITE);
     clock_gettime(CLOCK_MONOTONIC, &s->close_start);
     close_check(s);
 }
