@@ -72,12 +72,20 @@ const char *sched_rcpt_domain(const char *addr)
     return at ? at + 1 : "";
 }
 
-static struct dest *dest_get(struct scheduler *s, const char *domain)
+static struct dest *dest_find(struct scheduler *s, const char *domain)
 {
     for (struct dest *d = s->dests; d != NULL; d = d->next)
         if (strcasecmp(d->name, domain) == 0)
             return d;
-    struct dest *d = calloc(1, sizeof *d);
+    return NULL;
+}
+
+static struct dest *dest_get(struct scheduler *s, const char *domain)
+{
+    struct dest *d = dest_find(s, domain);
+    if (d != NULL)
+        return d;
+    d = calloc(1, sizeof *d);
     if (d == NULL)
         return NULL;
     snprintf(d->name, sizeof d->name, "%s", domain);
@@ -94,11 +102,8 @@ static struct dest *dest_get(struct scheduler *s, const char *domain)
 
 int64_t scheduler_first_attempt(struct scheduler *s, const char *addr, int64_t now)
 {
-    const char *domain = sched_rcpt_domain(addr);
-    for (struct dest *d = s->dests; d != NULL; d = d->next)
-        if (strcasecmp(d->name, domain) == 0)
-            return d->down && d->next_probe > now ? d->next_probe : now;
-    return now;
+    const struct dest *d = dest_find(s, sched_rcpt_domain(addr));
+    return d != NULL && d->down && d->next_probe > now ? d->next_probe : now;
 }
 
 /* ---- leases: recipients in memory, never pulled twice ------------------- */
