@@ -42,7 +42,6 @@
 #define MTA_MAX_HOPS 16
 #define MTA_LINE_MAX 4096
 #define MTA_REPLY_LINES 100      /* EHLO replies are ~10 lines */
-#define MTA_UNFLUSHED_MAX 1      /* see conn_ready_when_durable */
 #define MTA_CONNECT_TIMEOUT 30
 
 enum mta_state {
@@ -86,18 +85,9 @@ struct mta_conn {
     unsigned replylines;         /* lines of it read so far */
     char replycode[3];           /* its code, which every line must repeat */
     unsigned pending;            /* replies owed to us (commands sent) */
-    /* Results of this connection's last messages not on disk yet (oldest
-     * first), and whether the connection waits for the oldest. */
-    struct flush_wait *wait[MTA_UNFLUSHED_MAX + 1];
-    size_t nwait;
-    bool blocked;
     char last_error[SCHED_REPLY_MAX];
 };
 
-/* A connection's results waiting for the group commit. */
-struct flush_wait {
-    struct mta_conn *c;          /* NULL once the connection is gone */
-};
 
 static void conn_next_hop(struct mta_conn *c);
 static void conn_close(struct mta_conn *c);
@@ -167,9 +157,6 @@ static void conn_free(struct mta_conn *c)
     if (c->dreq != NULL)
         dns_cancel(c->dreq);
     c->dreq = NULL;
-    for (size_t i = 0; i < c->nwait; i++)
-        c->wait[i]->c = NULL;    /* the flush callback finds it gone */
-    c->nwait = 0;
     if (c->bev != NULL)
         bufferevent_free(c->bev);
     c->bev = NULL;
@@ -318,55 +305,15 @@ static void txn_start(struct mta_conn *c)
     send_line(c, "DATA");
 }
 
-/* The transaction is over (well or not): record it, then the next one. */
-static void results_flushed_cb(void *arg, int error)
-{
-    (void)error;                 /* not on disk: a repeat later, never a loss */
-    struct flush_wait *w = arg;
-    struct mta_conn *c = w->c;
-    free(w);
-    if (c == NULL)
-        return;
-    size_t i = 0;
-    while (i < c->nwait && c->wait[i] != w)
-        i++;
-    if (i == c->nwait)
-        return;
-    memmove(&c->wait[i], &c->wait[i + 1], (c->nwait - i - 1) * sizeof c->wait[0]);
-    c->nwait--;
-    if (c->blocked && c->nwait <= MTA_UNFLUSHED_MAX) {
-        c->blocked = false;
-        conn_ready(c);
-    }
-}
-
-/* The next message may go while the last one's results are being
- * flushed (the flush overlaps the delivery), but no further: otherwise
- * results pile up behind a slow log flush, and a crash then repeats every
- * message they covered, not just the few per connection in flight. */
-static void conn_ready_when_durable(struct mta_conn *c)
-{
-    struct flush_wait *w = malloc(sizeof *w);
-    if (w == NULL || queue_after_flush(c->s->q, results_flushed_cb, w) != 0) {
-        free(w);
-        conn_ready(c);
-        return;
-    }
-    w->c = c;
-    c->wait[c->nwait++] = w;
-    c->state = M_READY;
-    if (c->nwait <= MTA_UNFLUSHED_MAX) {
-        conn_ready(c);
-        return;
-    }
-    c->blocked = true;
-}
-
+/* The transaction is over (well or not): record it, then the next one.
+ * The results are in the log file when job_finish returns (a crash of the
+ * daemon repeats only the message in flight); the disk has them within the
+ * queue's sync interval, which the next message does not wait for. */
 static void txn_end(struct mta_conn *c, bool clean)
 {
     job_finish(c);
     if (clean) {
-        conn_ready_when_durable(c);
+        conn_ready(c);
         return;
     }
     send_line(c, "RSET");

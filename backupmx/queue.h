@@ -150,9 +150,10 @@ long queue_cache_purge(struct queue *q, int64_t now, size_t max,
                        char **resume);
 
 /* ---- the delivery side (queue_update.c): scheduler and bmxq -------------
- * Updates commit with DB_TXN_NOSYNC: losing one in a crash can only make a
- * recipient be tried again (a duplicate), never lose mail, because a
- * recipient becomes DONE only after the next hop's 250. */
+ * Updates commit with DB_TXN_WRITE_NOSYNC: in the log file at once (a crash
+ * of the daemon keeps them), on the disk within 100 ms. Losing one at a
+ * power loss can only make a recipient be tried again (a duplicate), never
+ * lose mail, because a recipient becomes DONE only after the next hop's 250. */
 struct queue_due {
     char id[QUEUE_ID_LEN + 1];
     uint16_t idx;                /* recipient index within the message */
@@ -176,10 +177,6 @@ int queue_rcpt_update(struct queue *q, const char *id, uint16_t idx,
 /* Sets the message's flags word (QENV_*). 0, 1 (no such message), -1. */
 int queue_set_flags(struct queue *q, const char *id, uint32_t flags);
 
-/* CB(ARG, error) runs once the log flush that covers every commit made so
- * far has returned (error != 0: it failed). -1 when there is no group
- * commit to wait for (not attached to a loop): nothing is called. */
-int queue_after_flush(struct queue *q, queue_stored_cb cb, void *arg);
 
 /* Deletes a message, its recipients and its body. 0, 1 (no such), -1. */
 int queue_delete(struct queue *q, const char *id);

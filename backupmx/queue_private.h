@@ -131,11 +131,12 @@ struct queue {
     struct qid_gen ids;
     struct event_base *base;
     struct event *flush_ev;      /* group commit, activated on demand */
+    struct event *sync_ev;       /* updates' fdatasync, QUEUE_UPDATE_SYNC_MS */
     struct event *ckp_ev;        /* periodic checkpoint */
     struct queue_parked *park;   /* stores committed since the last flush */
     size_t npark, parkcap;
     struct qflusher *flusher;    /* the flush thread (queue_flush.c) */
-    bool dirty;                  /* unflushed updates, no callbacks waiting */
+    bool dirty;                  /* updates written, not yet synced */
     struct queue_stats st;
 };
 
@@ -150,7 +151,8 @@ void queue_commit_detach(struct queue *q);
  * parking after it cannot fail), then parks it. */
 int queue_park_reserve(struct queue *q);
 void queue_park(struct queue *q, queue_stored_cb cb, void *arg);
-/* Asks for a log flush at the end of this loop pass (no callback). */
-void queue_flush_soon(struct queue *q);
+/* An update was committed with DB_TXN_WRITE_NOSYNC (in the file, so a
+ * crash of the daemon keeps it): syncs it within QUEUE_UPDATE_SYNC_MS. */
+void queue_sync_later(struct queue *q);
 
 #endif

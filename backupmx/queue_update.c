@@ -1,9 +1,10 @@
 /* The delivery side of the queue: which recipients are due (the schedule
  * index, so nothing grows with the queue), recording attempt results, and
- * removing messages. Writes commit with DB_TXN_NOSYNC and ask for the next
- * group flush: a lost update can only make a recipient be tried again,
- * because DONE is written only after the next hop's 250, and the flush
- * keeps that window to one loop pass. */
+ * removing messages. Writes commit with DB_TXN_WRITE_NOSYNC: the log
+ * records are in the file at once, so a crash of the daemon loses none,
+ * and a power loss only those of the last QUEUE_UPDATE_SYNC_MS (the sync
+ * timer). A lost update can only make a recipient be tried again, because
+ * DONE is written only after the next hop's 250. */
 #include "queue_private.h"
 
 #include <errno.h>
@@ -63,12 +64,20 @@ int queue_due(struct queue *q, int64_t now, struct queue_due *out, size_t max)
     return (int)n;
 }
 
-/* Deletes the message record and every recipient record of ID in TXN. */
-static int delete_in_txn(struct queue *q, DB_TXN *txn, const char *id)
+/* Deletes the message record and every recipient record of ID in TXN;
+ * *BODYFILE tells whether the body was a file of its own (to be removed
+ * once the deletion is on disk). */
+static int delete_in_txn(struct queue *q, DB_TXN *txn, const char *id, bool *bodyfile)
 {
     DBT key = { .data = (void *)id, .size = QUEUE_ID_LEN };
-    int ret = q->msgs->del(q->msgs, txn, &key, 0);
+    uint8_t head[2];
+    DBT probe = { .data = head, .ulen = sizeof head, .dlen = sizeof head,
+                  .flags = DB_DBT_PARTIAL | DB_DBT_USERMEM };
+    int ret = q->msgs->get(q->msgs, txn, &key, &probe, DB_RMW);
     if (ret != 0)
+        return ret;
+    *bodyfile = probe.size < 2 || head[1] != QBODY_INLINE;
+    if ((ret = q->msgs->del(q->msgs, txn, &key, 0)) != 0)
         return ret;
     DBC *c;
     if ((ret = q->rcpts->cursor(q->rcpts, txn, &c, 0)) != 0)
@@ -145,7 +154,7 @@ static int rewrite_rcpt(struct queue *q, DB_TXN *txn, const char *id,
     return ret;
 }
 
-/* Runs FN inside one NOSYNC transaction; DB_NOTFOUND becomes 1. */
+/* Runs FN inside one WRITE_NOSYNC transaction; DB_NOTFOUND becomes 1. */
 static int in_txn(struct queue *q, const char *what, const char *id,
                   int (*fn)(struct queue *, DB_TXN *, void *), void *arg)
 {
@@ -159,8 +168,8 @@ static int in_txn(struct queue *q, const char *what, const char *id,
         ret = fn(q, txn, arg);
         if (ret != 0)
             txn->abort(txn);
-        else if ((ret = txn->commit(txn, DB_TXN_NOSYNC)) == 0)
-            queue_flush_soon(q);
+        else if ((ret = txn->commit(txn, DB_TXN_WRITE_NOSYNC)) == 0)
+            queue_sync_later(q);
     }
     if (ret == DB_NOTFOUND)
         return 1;
@@ -209,6 +218,7 @@ struct update_args {
     uint16_t idx;
     const struct queue_rcpt *r;
     bool gone;
+    bool bodyfile;
 };
 
 static int update_fn(struct queue *q, DB_TXN *txn, void *arg)
@@ -221,17 +231,17 @@ static int update_fn(struct queue *q, DB_TXN *txn, void *arg)
     if ((ret = all_done(q, txn, a->id, &done)) != 0 || !done)
         return ret;
     a->gone = true;
-    return delete_in_txn(q, txn, a->id);
+    return delete_in_txn(q, txn, a->id, &a->bodyfile);
 }
 
 int queue_rcpt_update(struct queue *q, const char *id, uint16_t idx,
                       const struct queue_rcpt *r, bool *gone)
 {
-    struct update_args a = { id, idx, r, false };
+    struct update_args a = { id, idx, r, false, false };
     int rc = in_txn(q, "update recipient", id, update_fn, &a);
     if (gone != NULL)
         *gone = rc == 0 && a.gone;
-    if (rc == 0 && a.gone)
+    if (rc == 0 && a.gone && a.bodyfile)
         remove_body_when_durable(q, id);
     return rc;
 }
@@ -263,15 +273,22 @@ int queue_set_flags(struct queue *q, const char *id, uint32_t flags)
     return in_txn(q, "set flags", id, flags_fn, &a);
 }
 
+struct delete_args {
+    const char *id;
+    bool bodyfile;
+};
+
 static int delete_fn(struct queue *q, DB_TXN *txn, void *arg)
 {
-    return delete_in_txn(q, txn, arg);
+    struct delete_args *a = arg;
+    return delete_in_txn(q, txn, a->id, &a->bodyfile);
 }
 
 int queue_delete(struct queue *q, const char *id)
 {
-    int rc = in_txn(q, "delete", id, delete_fn, (void *)id);
-    if (rc == 0)
+    struct delete_args a = { id, false };
+    int rc = in_txn(q, "delete", id, delete_fn, &a);
+    if (rc == 0 && a.bodyfile)
         remove_body_when_durable(q, id);
     return rc;
 }

@@ -20,13 +20,14 @@ until the queue has drained (bounded wait) and the ledger is settled:
   duplicated  extra copies at the primary: at most the messages that were in
               flight at the kills. A message is in flight from the moment
               the primary has it (its 250 to our DATA) until the daemon has
-              recorded it as delivered, on disk; one connection carries one
-              message at a time and goes on to the next while the last
-              one's result is being flushed, but not further, so at a kill
-              at most two per connection to the primary are in flight, and
-              there are at most queue.concurrency connections. A kill while
-              the primary refuses at the greeting has none. The bound is
-              the sum over the kills.
+              written its result to the log file (at the commit, before the
+              next message goes; the fdatasync comes later, and only a power
+              loss needs it); one connection carries one message at a time,
+              so at a kill at most one per connection to the primary is in
+              flight (the bound allows two), and there are at most
+              queue.concurrency connections. A kill while the primary
+              refuses at the greeting has none. The bound is the sum over
+              the kills.
               RFC 5321 6.1: duplicates are preferred over loss, but only
               those the protocol cannot avoid.
 

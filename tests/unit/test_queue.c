@@ -502,6 +502,82 @@ static void test_body_kept_until_delete_is_durable(void **state)
     queue_close(q);
 }
 
+static int count_cb(const struct queue_envelope *env, void *arg);
+
+/* Deletions of inline messages (a delivery) park nothing: each loop pass
+ * with one used to cost a log flush. They are synced by the update timer
+ * (100 ms), one flush for all of them. */
+static void test_updates_synced_later(void **state)
+{
+    struct fix *f = *state;
+    enum { N = 20 };
+    struct queue *q = open_rw(f);
+    struct acks a = { 0 };
+    static struct msg m[N];
+    for (int i = 0; i < N; i++)
+        store_one(q, &m[i], 13, &a);        /* body_len(13): 4096, inline */
+    run_until(f, &a, N);
+    struct queue_stats st0, st;
+    queue_get_stats(q, &st0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(queue_delete(q, m[i].env.id), 0);
+        assert_int_equal(q->npark, 0);      /* no flush asked for */
+        assert_true(q->dirty);
+        assert_true(evtimer_pending(q->sync_ev, NULL));
+        assert_true(event_base_loop(f->base, EVLOOP_NONBLOCK) >= 0);
+    }
+    queue_get_stats(q, &st);
+    /* one flush per pass before; 2 leaves room for a stalled machine */
+    assert_true(st.flushes - st0.flushes <= 2);
+    for (int i = 0; i < 100 && st.flushes == st0.flushes; i++) {
+        assert_true(event_base_loop(f->base, EVLOOP_ONCE) >= 0);
+        queue_get_stats(q, &st);
+    }
+    assert_true(st.flushes > st0.flushes);
+    assert_false(q->dirty);
+    struct queue_envelope env;
+    for (int i = 0; i < N; i++)
+        assert_int_equal(queue_get(q, m[i].env.id, &env, NULL), 1);
+    queue_close(q);
+}
+
+/* An update is in the log file when its commit returns: a daemon killed
+ * before the sync timer must not bring a delivered message back (it would
+ * go out twice). */
+static void test_update_survives_kill9(void **state)
+{
+    struct fix *f = *state;
+    struct msg m;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct event_base *base = event_base_new();
+        struct queue_opts o = { .inline_max = INLINE_MAX };
+        struct queue *q = queue_open(spool_of(f), &o);
+        struct acks a = { 0 };
+        if (!base || !q || queue_attach(q, base) < 0)
+            _exit(2);
+        struct evbuffer *b = make_body(13, body_len(13));     /* inline */
+        make_msg(q, &m, 13);
+        if (queue_store(q, &m.env, b, stored_cb, &a) < 0)
+            _exit(3);
+        while (a.done < 1)
+            event_base_loop(base, EVLOOP_ONCE);
+        if (a.errors || queue_delete(q, m.env.id) != 0)
+            _exit(4);
+        _exit(0);                /* no close, no timer: as SIGKILL would */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    struct queue *q = open_rw(f);
+    int seen = 0;
+    assert_int_equal(queue_walk(q, count_cb, &seen), 0);
+    assert_int_equal(seen, 0);
+    queue_close(q);
+}
+
 /* ---- records and corruption ------------------------------------------------- */
 
 static void test_ids(void **state)
@@ -852,6 +928,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_store_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_min_free, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_kept_until_delete_is_durable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_updates_synced_later, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_update_survives_kill9, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphans, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_page_size, setup, teardown),
