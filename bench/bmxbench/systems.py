@@ -557,6 +557,61 @@ match from any for domain "example.test" action "relay"
 
 # --- smtp-sink ----------------------------------------------------------------
 
+class NullSmtp:
+    """bench/nullsmtp.c: the CPU floor of durable intake. It answers the
+    conversation and group-commits each message to one file with one
+    fdatasync per loop pass before its 250, and does nothing else (no
+    queue, no index, no log). Not an MTA: the reference that shows how
+    much of an MTA's CPU per message is what the kernel charges anyway."""
+
+    label = "floor: bare responder + fdatasync (bench/nullsmtp.c)"
+
+    def __init__(self):
+        self.port = free_port()
+        self.state = mkstate("bench-null-")
+        self.store = os.path.join(self.state, "messages")
+        self.proc = None
+
+    def start(self):
+        exe = compile_c(os.path.join(ROOT, "bench", "nullsmtp.c"),
+                        os.path.join(BUILD, "nullsmtp"))
+        self.proc = spawn([exe, str(self.port), self.store])
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise BenchFailure("nullsmtp exited %s" % self.proc.returncode)
+            return answers_220(self.port, 0.5)
+        wait_until(ready, 10, "nullsmtp")
+        return self
+
+    def root_pid(self):
+        return self.proc.pid
+
+    def settled(self):
+        return True              # a message is stored before its 250
+
+    def stored_count(self):
+        try:
+            with open(self.store, "rb") as f:
+                return f.read().count(b"\0NULLMSG")
+        except OSError:
+            return 0
+
+    live_count = stored_count
+
+    def disk_kib(self):
+        return du_kib(self.state)
+
+    def stop(self):
+        if self.proc is not None:
+            stop_proc(self.proc)
+            self.proc = None
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
 class Sink:
     """smtp-sink -u postfix -c 127.0.0.1:PORT BACKLOG (-L: LMTP)."""
 

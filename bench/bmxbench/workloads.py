@@ -21,7 +21,7 @@ import time
 from .common import (BUILD, ROOT, BenchFailure, busy_cpu, compile_c, log,
                      mem_of, raise_nofile, run_timed, tree_cpu, wait_until)
 from . import systems
-from .systems import (SENDER, RCPT, Backupmx, OpenSMTPD, PostfixBackup,
+from .systems import (SENDER, RCPT, Backupmx, NullSmtp, OpenSMTPD, PostfixBackup,
                       PostfixFinal, Sink)
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
@@ -54,6 +54,8 @@ def make_system(kind, primary_port, **kw):
         return OpenSMTPD(primary_port, shim=True)
     if kind == "opensmtpd-stock":
         return OpenSMTPD(primary_port, shim=False)
+    if kind == "floor":
+        return NullSmtp()
     raise ValueError(kind)
 
 
@@ -101,6 +103,9 @@ def intake_once(kind, sessions, msgs, size, flush=None, snapshots=None, timeout=
         elif kind == "postfix":
             stored = s.postqueue_count()
             how = "postqueue -p"
+        elif kind == "floor":
+            stored = s.stored_count()
+            how = "messages in its file"
         else:
             stored = s.stored_count()
             how = "message dirs in queue/"
