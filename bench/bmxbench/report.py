@@ -62,6 +62,8 @@ def ref_for(r):
         return "backupmx: " + r["system"].split(": ", 1)[1]
     if r["workload"].startswith("queue scale"):
         return "backupmx, 0 queued"
+    if r["workload"].startswith("drain") and r["system"].startswith("floor:"):
+        return "fetchd pop3->mda"
     if r["workload"].startswith("drain"):
         client, rest = r["system"].split(" ", 1)
         proto, dest = rest.split("->")
@@ -199,6 +201,11 @@ def targets(agg, cfg):
     check("drain: fetchd POP3->MDA vs fetchmail POP3->MDA",
           rate_ratio("drain", "drain rate", "fetchd pop3->mda", "fetchmail pop3->mda"),
           (2, ">= 2x", ">="))
+    from .workloads import MDA_ALONE
+    check("drain: the MDA alone, one at a time, vs fetchmail POP3->MDA (the most a "
+          "puller that runs one MDA at a time can reach)",
+          rate_ratio("drain", "drain rate", MDA_ALONE, "fetchmail pop3->mda"),
+          (None, "(for scale)", None))
     levels = cfg.get("qscale_levels") or []
     if len(levels) > 1:
         from .workloads import level_name
@@ -288,6 +295,11 @@ METHOD = """
   message before 250. Checked afterwards: backupmx `qtool SPOOL count` after stopping the
   daemon, Postfix `postqueue -p`, OpenSMTPD the message directories in its queue; fewer
   than N is a FAIL.
+- **The MDA alone** ("floor: the MDA alone" row): the drains' MDA command
+  (`/bin/sh -c 'cat >/dev/null && echo >> FILE'`) run N times one after the other by a
+  shell loop, a message on its stdin each time, with no mailbox and no puller. A puller
+  that waits for each MDA before the next (fetchmail; fetchd at its default
+  `mda_concurrency = 1`) cannot deliver faster than this.
 - **The CPU floor** ("floor: bare responder" rows): `bench/nullsmtp.c` gets the same
   intake. It answers the conversation, appends the messages that ended in one loop pass
   to one file and makes them durable with one fdatasync before their 250s, and does

@@ -28,6 +28,10 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import dovecot as dovecot_mod  # noqa: E402
 
 
+# The reference row of the MDA drains (DrainBench.mda_alone).
+MDA_ALONE = "floor: the MDA alone, one at a time"
+
+
 def split_dest(dest):
     """"mda4" is the MDA with fetchd's mda_concurrency = 4: ("mda", 4)."""
     if dest.startswith("mda") and dest[3:].isdigit():
@@ -633,6 +637,30 @@ class DrainBench:
                                "%d of %d delivered" % (name, left, got, n))
         log("  %-26s %6d msgs %7.2f s %7.0f msg/s  (delivered %d, left %d)"
             % (name, n, wall, n / wall, got, left))
+        return wall, c1 - c0, got, own_cpu
+
+    def mda_alone(self, n, size):
+        """The MDA command of the drain rows run N times one after the other
+        by a shell loop, a message on its stdin each time, with no mailbox
+        and no puller: the most any puller that runs one MDA at a time can
+        deliver per second (wall, machine CPU, delivered, own CPU)."""
+        work = tempfile.mkdtemp(prefix="mda-alone-", dir=self.tmp)
+        counter = os.path.join(work, "mda.count")
+        msg = os.path.join(work, "msg")
+        with open(msg, "wb") as f:
+            f.write(message(0, size))
+        loop = ('i=0; while [ $i -lt %d ]; do /bin/sh -c "cat >/dev/null && echo >> %s" < %s; '
+                'i=$((i+1)); done' % (n, counter, msg))
+        c0 = busy_cpu()
+        rc, wall, own_cpu, out = run_timed(["/bin/sh", "-c", loop], timeout=900, cwd=work)
+        c1 = busy_cpu()
+        with contextlib.suppress(OSError):
+            with open(counter) as f:
+                got = len(f.read().splitlines())
+        if rc != 0 or got != n:
+            raise BenchFailure("the MDA alone: exit %d, %d of %d runs counted: %s"
+                               % (rc, got, n, out[-300:]))
+        log("  %-26s %6d msgs %7.2f s %7.0f msg/s" % ("the MDA alone", n, wall, n / wall))
         return wall, c1 - c0, got, own_cpu
 
     def fetchd_args(self, work, user, proto, port, dest, counter, conc=1):
