@@ -88,7 +88,6 @@ struct mta_conn {
     char last_error[SCHED_REPLY_MAX];
 };
 
-
 static void conn_next_hop(struct mta_conn *c);
 static void conn_close(struct mta_conn *c);
 static void conn_ready(struct mta_conn *c);

@@ -165,7 +165,6 @@ struct queue_due {
  * or -1. */
 int queue_due(struct queue *q, int64_t now, struct queue_due *out, size_t max);
 
-
 /* Rewrites recipient IDX of message ID with R (state, attempts,
  * next_attempt, last_error; the address is kept). When every recipient of
  * the message is then DONE, the message (and its body file) is deleted in
@@ -176,7 +175,6 @@ int queue_rcpt_update(struct queue *q, const char *id, uint16_t idx,
 
 /* Sets the message's flags word (QENV_*). 0, 1 (no such message), -1. */
 int queue_set_flags(struct queue *q, const char *id, uint32_t flags);
-
 
 /* Deletes a message, its recipients and its body. 0, 1 (no such), -1. */
 int queue_delete(struct queue *q, const char *id);
