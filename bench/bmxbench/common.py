@@ -41,6 +41,14 @@ def log(msg):
 
 # --- CPU ------------------------------------------------------------------
 
+def settle_disk():
+    """Writes back what earlier runs left dirty in the page cache, so that
+    the kernel's writeback (30 s after the fact) does not land inside the
+    next system's measurement. Called before each measured run, outside
+    the timing."""
+    os.sync()
+
+
 def busy_cpu():
     """Seconds of non-idle CPU of the whole machine so far: user + nice +
     system + irq + softirq + steal (iowait and idle excluded)."""

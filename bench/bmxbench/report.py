@@ -282,6 +282,8 @@ def render(rows, failures, notes, rounds, quick, elapsed, cfg, mtas):
 
 
 METHOD = """
+- **Every measured run** starts after a sync(2), outside its timing: what the runs before
+  it left dirty in the page cache would otherwise be written back (30 s later) inside it.
 - **Intake** (primary down): `smtp-source -s S -m N -l L -f a@b.test -t user@example.test`
   into each backup MX, whose primary port is not listening. Rate = N / smtp-source's wall
   time (every message acknowledged with 250). CPU = whole-machine busy CPU from /proc/stat

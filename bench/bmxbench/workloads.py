@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from .common import (BUILD, ROOT, BenchFailure, busy_cpu, compile_c, log,
-                     mem_of, raise_nofile, run_timed, tree_cpu, wait_until)
+                     mem_of, raise_nofile, run_timed, settle_disk, tree_cpu, wait_until)
 from . import systems
 from .systems import (SENDER, RCPT, Backupmx, NullSmtp, OpenSMTPD, PostfixBackup,
                       PostfixFinal, Sink)
@@ -79,6 +79,7 @@ def intake_once(kind, sessions, msgs, size, flush=None, snapshots=None, timeout=
     try:
         s.start()
         time.sleep(0.3)
+        settle_disk()
         root = s.root_pid()
         d0 = tree_cpu(root)
         c0, t0 = busy_cpu(), time.monotonic()
@@ -245,6 +246,7 @@ def flush_once(s, name, msgs, size, to, port, timeout=600):
         fl = "flush %d x %d B to a Postfix primary" % (msgs, size)
         accepted, delivered = prim.accepted, prim.delivered
     try:
+        settle_disk()
         root = s.root_pid()
         if to == "sink":
             d0 = tree_cpu(root)
@@ -293,6 +295,7 @@ def primary_reference(msgs, size, sessions=20, timeout=600):
     name = "reference: smtp-source -s %d into the primary" % sessions
     try:
         prim.start()
+        settle_disk()
         t0 = time.monotonic()
         rc, wall, _, out = run_timed(
             ["smtp-source", "-s", str(sessions), "-m", str(msgs), "-l", str(size),
@@ -616,6 +619,7 @@ class DrainBench:
             args, env = self.fetchmail_args(work, user, proto, port, dest, counter)
         else:
             args, env = self.getmail_args(work, user, proto, port, dest, counter)
+        settle_disk()
         c0 = busy_cpu()
         rc, wall, own_cpu, out = run_timed(args, timeout=900, env=env, cwd=work,
                                            outfile=os.path.join(work, "out.log"))
@@ -651,6 +655,7 @@ class DrainBench:
             f.write(message(0, size))
         loop = ('i=0; while [ $i -lt %d ]; do /bin/sh -c "cat >/dev/null && echo >> %s" < %s; '
                 'i=$((i+1)); done' % (n, counter, msg))
+        settle_disk()
         c0 = busy_cpu()
         rc, wall, own_cpu, out = run_timed(["/bin/sh", "-c", loop], timeout=900, cwd=work)
         c1 = busy_cpu()
