@@ -32,7 +32,6 @@ struct conn {
     int fd;
     int data;                    /* in DATA: reading the message */
     size_t len;                  /* bytes in buf */
-    size_t msg;                  /* DATA: where the message starts in buf */
     char out[512];
     size_t outlen;
     int done;                    /* a message ended in this batch */
@@ -64,7 +63,9 @@ static void store_message(const char *p, size_t n)
         die("write");
 }
 
-/* Consumes whole lines (commands) or, in DATA, everything up to "\r\n.\r\n". */
+/* Consumes whole lines (commands) or, in DATA, everything up to "\r\n.\r\n".
+ * The DATA line's own CRLF is kept as the start of the message, so that an
+ * empty message ("." right after DATA) ends the same way as any other. */
 static void process(struct conn *c)
 {
     size_t off = 0;
@@ -75,7 +76,7 @@ static void process(struct conn *c)
             char *end = memmem(p, left, "\r\n.\r\n", 5);
             if (end == NULL)
                 break;
-            store_message(p, (size_t)(end - p) + 2);
+            store_message(p + 2, (size_t)(end - p));
             reply(c, "250 stored\r\n");    /* written after the sync */
             off += (size_t)(end - p) + 5;
             c->data = 0;
@@ -88,15 +89,8 @@ static void process(struct conn *c)
         if (strncasecmp(p, "DATA", 4) == 0) {
             reply(c, "354 go ahead\r\n");
             c->data = 1;
-            /* a message that starts with ".\r\n" is empty */
-            if (left >= 9 && memcmp(nl + 1, ".\r\n", 3) == 0) {
-                store_message(nl + 1, 0);
-                reply(c, "250 stored\r\n");
-                off = (size_t)(nl + 4 - c->buf);
-                c->data = 0;
-                c->done = 1;
-                continue;
-            }
+            off = (size_t)(nl - 1 - c->buf);
+            continue;
         } else if (strncasecmp(p, "EHLO", 4) == 0) {
             reply(c, "250-null\r\n250 PIPELINING\r\n");
         } else if (strncasecmp(p, "QUIT", 4) == 0) {

@@ -50,6 +50,19 @@ def answers_220(port, timeout=1.0):
         return False
 
 
+def spawn_smtp(args, port, name, **kw):
+    """Spawns a single-process SMTP listener and waits for its 220 on PORT;
+    its exit before that is a BenchFailure."""
+    proc = spawn(args, **kw)
+
+    def ready():
+        if proc.poll() is not None:
+            raise BenchFailure("%s exited %s" % (name, proc.returncode))
+        return answers_220(port, 0.5)
+    wait_until(ready, 10, name)
+    return proc
+
+
 def mkstate(prefix):
     d = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("BENCH_TMP", "/tmp"))
     os.chmod(d, 0o755)
@@ -575,13 +588,7 @@ class NullSmtp:
     def start(self):
         exe = compile_c(os.path.join(ROOT, "bench", "nullsmtp.c"),
                         os.path.join(BUILD, "nullsmtp"))
-        self.proc = spawn([exe, str(self.port), self.store])
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise BenchFailure("nullsmtp exited %s" % self.proc.returncode)
-            return answers_220(self.port, 0.5)
-        wait_until(ready, 10, "nullsmtp")
+        self.proc = spawn_smtp([exe, str(self.port), self.store], self.port, "nullsmtp")
         return self
 
     def root_pid(self):
@@ -629,13 +636,8 @@ class Sink:
     def start(self):
         args = ["smtp-sink", "-u", "postfix", "-c"] + (["-L"] if self.lmtp else []) + \
                ["127.0.0.1:%d" % self.port, str(self.backlog)]
-        self.proc = spawn(args, stdout=self.out, stderr=subprocess.STDOUT)
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise BenchFailure("smtp-sink exited %s" % self.proc.returncode)
-            return answers_220(self.port, 0.5)
-        wait_until(ready, 10, "smtp-sink")
+        self.proc = spawn_smtp(args, self.port, "smtp-sink", stdout=self.out,
+                               stderr=subprocess.STDOUT)
         return self
 
     def count(self):
